@@ -1,0 +1,170 @@
+"""RSNA Pneumonia Detection Challenge (2018) reader.
+
+Source: Kaggle ``stage_2_train_labels.csv`` (``patientId,x,y,width,height,Target``) and
+optionally ``stage_2_detailed_class_info.csv`` (``patientId,class``); images
+``<patientId>.dcm`` (1024x1024 DICOM, derived from NIH ChestX-ray14). Field report BR-07.
+
+* The label CSV has **one row per box**: a ``patientId`` with several opacities repeats
+  (30,227 rows cover 26,684 images in stage 2). Rows are grouped, so each image appears
+  once with all its boxes.
+* ``Target=0`` rows have empty x, y, width, height: such an image gets 0 boxes (never a
+  NaN or 0x0 box). A ``Target=1`` row must have all four coordinates.
+* Boxes: ``(x, y, x + width, y + height)``, top-left corner, pixels of the 1024x1024
+  DICOM, scaled to the stored size; box label and image label ``Pneumonia`` (the
+  challenge's "Lung Opacity" suspicious for pneumonia, harmonised as in torchxrayvision).
+* ``normal`` is True when the detailed class file says ``Normal`` (not for
+  ``No Lung Opacity / Not Normal``); False when that file is absent.
+* ``id`` ``"rsna/<patientId>"``; ``patient_id`` = ``patientId`` (one image per patient,
+  so a split by ``patient_id`` is a split by patient); ``view`` / ``pixel_spacing`` from the
+  DICOM header when ``check_files=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leader.errors import BoxError, ManifestError
+from leader.manifest import Box, Manifest, make_manifest, normalize_view
+
+from ._common import as_root, check_on_error, find_first, read_sizes
+
+__all__ = ["read_rsna", "read_rsna_labels"]
+
+RSNA_FRAME = 1024.0
+
+
+def read_rsna_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """One row per image: ``patientId``, ``target`` (0/1) and ``boxes`` (list of
+    ``(x, y, w, h)`` in the 1024 frame), in order of first appearance.
+
+    Raises:
+        ManifestError: missing columns; a ``Target=1`` row with a missing coordinate, a
+            ``Target=0`` row with coordinates, a Target other than 0/1, or an image with
+            both targets (names the file, line and patientId).
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype={"patientId": str})
+    except (OSError, pd.errors.ParserError, ValueError) as e:
+        raise ManifestError(f"{path}: cannot read RSNA labels: {e}") from None
+    need = ["patientId", "x", "y", "width", "height", "Target"]
+    miss = [c for c in need if c not in df.columns]
+    if miss:
+        raise ManifestError(f"{path}: missing column(s) {miss}; have {list(df.columns)}")
+    line = np.arange(2, len(df) + 2)
+    coords = df[["x", "y", "width", "height"]].apply(pd.to_numeric, errors="coerce")
+    target = pd.to_numeric(df["Target"], errors="coerce")
+
+    def fail(mask, what):
+        k = int(np.flatnonzero(mask.to_numpy())[0])
+        raise ManifestError(f"{path}: line {line[k]}: patientId {df['patientId'].iloc[k]!r}: {what}")
+
+    if df["patientId"].isna().any():
+        fail(df["patientId"].isna(), "empty patientId")
+    bad = ~target.isin([0, 1])
+    if bad.any():
+        fail(bad, f"Target must be 0 or 1, got {df['Target'][bad].iloc[0]!r}")
+    pos = target == 1
+    if (pos & coords.isna().any(axis=1)).any():
+        fail(pos & coords.isna().any(axis=1), "Target=1 row with a missing coordinate")
+    if (~pos & coords.notna().any(axis=1)).any():
+        fail(~pos & coords.notna().any(axis=1), "Target=0 row with coordinates")
+    mixed = target.groupby(df["patientId"]).transform("nunique") > 1
+    if mixed.any():
+        fail(mixed, "rows with both Target=0 and Target=1")
+
+    ids = pd.unique(df["patientId"])
+    t = target.groupby(df["patientId"], sort=False).max().reindex(ids)
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    pdf = coords[pos]
+    for pid, x, y, w, h in zip(df["patientId"][pos], pdf["x"], pdf["y"], pdf["width"], pdf["height"]):
+        boxes.setdefault(pid, []).append((float(x), float(y), float(w), float(h)))
+    return pd.DataFrame({"patientId": ids, "target": t.to_numpy(dtype=float),
+                         "boxes": [boxes.get(i, []) for i in ids]})
+
+
+def read_rsna(
+    root: str | os.PathLike,
+    labels_csv: str | os.PathLike | None = None,
+    *,
+    check_files: bool = True,
+    stored_size: int | None = None,
+    on_error: str = "raise",
+) -> Manifest:
+    """Read RSNA Pneumonia under ``root`` (dataset ``rsna``); see the module docstring.
+
+    Args:
+        labels_csv: default ``*train_labels*.csv[.zip|.gz]`` in ``root`` or one folder down.
+        check_files: True skips images that are missing (one warning) and reads sizes,
+            view and spacing from the header; False opens nothing, size ``stored_size``
+            (default 1024).
+    """
+    check_on_error(on_error)
+    root = as_root(root)
+    if labels_csv is None:
+        cands = find_first(root, ["*train_labels*.csv", "*train_labels*.csv.zip", "*train_labels*.csv.gz"],
+                           max_depth=1)
+        if not cands:
+            raise ManifestError(f"{root}: no RSNA *train_labels*.csv found")
+        labels_csv = cands[0]
+    lab = read_rsna_labels(labels_csv)
+    normal_ids: set[str] = set()
+    cls = find_first(root, ["*detailed_class_info*.csv", "*detailed_class_info*.csv.zip"], max_depth=1)
+    if cls:
+        c = pd.read_csv(cls[0], dtype=str)
+        if {"patientId", "class"} <= set(c.columns):
+            normal_ids = set(c.loc[c["class"].str.strip() == "Normal", "patientId"])
+
+    on_disk: dict[str, Path] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for f in filenames:
+            p = Path(dirpath) / f
+            if p.suffix.lower() in (".dcm", ".png", ".jpg", ".jpeg"):
+                on_disk.setdefault(p.stem, p)
+    pids = lab["patientId"].tolist()
+    paths = [on_disk.get(p, root / f"{p}.dcm") for p in pids]
+    ids = [f"rsna/{p}" for p in pids]
+    infos = read_sizes("rsna", root, ids, paths, on_error)[0] if check_files else [None] * len(ids)
+
+    records = []
+    for k, pid in enumerate(pids):
+        if check_files and infos[k] is None:
+            continue
+        if check_files:
+            sw, sh = infos[k].width, infos[k].height
+        else:
+            sw = sh = int(stored_size or RSNA_FRAME)
+        sx, sy = sw / RSNA_FRAME, sh / RSNA_FRAME
+        boxes = []
+        for x, y, w, h in lab["boxes"].iat[k]:
+            try:
+                boxes.append(Box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, "Pneumonia"))
+            except BoxError as e:
+                raise BoxError(f"{labels_csv}: patientId {pid!r}: {e}") from None
+        view = None
+        if check_files and Path(paths[k]).suffix.lower() == ".dcm":
+            from .siim import _dicom_tags
+
+            view = _dicom_tags(Path(paths[k]))[1]
+        records.append(
+            {
+                "id": ids[k],
+                "path": str(paths[k]),
+                "dataset": "rsna",
+                "split": "train",
+                "patient_id": pid,
+                "width": sw,
+                "height": sh,
+                "pixel_spacing": infos[k].pixel_spacing if infos[k] else None,
+                "view": normalize_view(view),
+                "normal": pid in normal_ids,
+                "boxes": boxes,
+                "labels": {"Pneumonia": lab["target"].iat[k]},
+            }
+        )
+    return make_manifest(records)

@@ -1,0 +1,134 @@
+"""SIIM-ACR Pneumothorax Segmentation (2019) reader: image-level pneumothorax labels.
+
+Source: SIIM-ACR Kaggle challenge ``train-rle.csv`` (``ImageId, EncodedPixels`` — note
+the space after the comma in the header; ``-1`` (often written `` -1``) means no
+pneumothorax; an image with several pneumothorax regions has several rows). Images are
+DICOMs named ``<SOPInstanceUID>.dcm`` anywhere under ``root``.
+
+* Label ``Pneumothorax`` = 1 if any row of the image has a mask, else 0. Images found on
+  disk but absent from the CSV get NaN.
+* Files under a folder named ``derived`` are not dataset images (the real pack's
+  ``derived/Fake_MONOHR1.dcm`` is a header-modified copy) and are ignored.
+* ``id`` ``"siim/<SOPInstanceUID>"``; ``patient_id`` / ``view`` from the DICOM header
+  (``PatientID``, ``ViewPosition``) when ``check_files=True``, else the stem /
+  ``UNKNOWN``; width/height/pixel_spacing from the header (``PixelSpacing`` column mm).
+* The masks themselves (RLE, column-major, 1024x1024) are not decoded here.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from leader.errors import ManifestError
+from leader.manifest import Manifest, make_manifest, normalize_view
+
+from ._common import as_root, check_on_error, find_first, read_sizes
+
+__all__ = ["read_siim", "read_siim_rle"]
+
+
+def read_siim_rle(path: str | os.PathLike) -> pd.Series:
+    """``{ImageId: 0/1}`` (float) from a SIIM RLE CSV (``.csv`` or ``.csv.gz``).
+
+    Raises:
+        ManifestError: no ``ImageId`` / ``EncodedPixels`` columns, or an empty ImageId.
+    """
+    path = Path(path)
+    try:
+        df = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
+    except (pd.errors.ParserError, OSError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot parse SIIM RLE CSV: {e}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "ImageId" not in df.columns or "EncodedPixels" not in df.columns:
+        raise ManifestError(f"{path}: expected columns 'ImageId, EncodedPixels', got {list(df.columns)}")
+    ids = df["ImageId"].str.strip()
+    if (ids == "").any():
+        line = int(np.flatnonzero((ids == "").to_numpy())[0]) + 2
+        raise ManifestError(f"{path}: line {line}: empty ImageId")
+    enc = df["EncodedPixels"].str.strip()
+    pos = ~enc.isin(["-1", ""])
+    return pos.groupby(ids, sort=False).any().astype(float)
+
+
+def _is_derived(p: Path, root: Path) -> bool:
+    try:
+        parts = p.relative_to(root).parts[:-1]
+    except ValueError:
+        parts = p.parts[:-1]
+    return any(part.lower() == "derived" for part in parts)
+
+
+def _dicom_tags(path: Path) -> tuple[str | None, str | None]:
+    try:
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True, specific_tags=["PatientID", "ViewPosition"])
+        pid = str(getattr(ds, "PatientID", "") or "").strip() or None
+        view = str(getattr(ds, "ViewPosition", "") or "").strip() or None
+        return pid, view
+    except Exception:  # noqa: BLE001 - tags are optional metadata
+        return None, None
+
+
+def read_siim(
+    root: str | os.PathLike,
+    rle_csv: str | os.PathLike | None = None,
+    *,
+    check_files: bool = True,
+    on_error: str = "raise",
+) -> Manifest:
+    """Read SIIM-ACR pneumothorax labels + DICOMs under ``root`` (dataset ``siim``).
+
+    Rows: every ImageId of the CSV (missing files skipped with one warning when
+    ``check_files=True``) plus DICOMs on disk not in the CSV (label NaN).
+
+    Raises:
+        ManifestError: no RLE CSV found / malformed (names the file).
+    """
+    check_on_error(on_error)
+    root = as_root(root)
+    if rle_csv is None:
+        cands = find_first(root, ["*rle*.csv", "*rle*.csv.gz"], max_depth=2)
+        if not cands:
+            raise ManifestError(f"{root}: no SIIM RLE CSV (*rle*.csv[.gz]) found")
+        rle_csv = cands[0]
+    labels = read_siim_rle(rle_csv)
+
+    on_disk: dict[str, Path] = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.suffix.lower() in (".dcm", ".dicom") and not _is_derived(p, root):
+            on_disk.setdefault(p.stem, p)
+    uids = list(labels.index) + [u for u in on_disk if u not in labels.index]
+    paths = [on_disk.get(u, root / f"{u}.dcm") for u in uids]
+    ids = [f"siim/{u}" for u in uids]
+    if check_files:
+        infos, _, _ = read_sizes("siim", root, ids, paths, on_error)
+    else:
+        infos = [None] * len(ids)
+
+    records = []
+    for k, u in enumerate(uids):
+        if check_files and infos[k] is None:
+            continue
+        pid, view = _dicom_tags(Path(paths[k])) if check_files else (None, None)
+        y = labels.get(u, np.nan)
+        records.append(
+            {
+                "id": ids[k],
+                "path": str(paths[k]),
+                "dataset": "siim",
+                "split": "train",
+                "patient_id": pid or u,
+                "width": infos[k].width if infos[k] else None,
+                "height": infos[k].height if infos[k] else None,
+                "pixel_spacing": infos[k].pixel_spacing if infos[k] else None,
+                "view": normalize_view(view),
+                "normal": False,
+                "labels": {"Pneumothorax": float(y)},
+            }
+        )
+    return make_manifest(records)
