@@ -17,9 +17,15 @@ Configs: ``--config`` takes a preset (``paper``, ``demo``, ``demo-quick``) or a 
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
+
+
+# Further command groups live in their own modules, each with ``register(subparsers, groups)``
+# where ``groups`` maps "data" / "teachers" to those sub-command groups (to add e.g. ``teachers import``).
+EXTENSIONS = ("leader.cli_data", "leader.cli_eval", "leader.cli_export", "leader.cli_scale")
 
 
 def _add_config(p: argparse.ArgumentParser, default: str = "paper") -> None:
@@ -34,24 +40,6 @@ def _cmd_demo(a) -> int:
     metrics = run_demo(a.data_root, a.out, quick=a.quick, overrides=a.overrides, config=a.config)
     print(f"precision@{metrics['retrieval_k']}: {metrics['retrieval_precision_at_k']}, "
           f"landmark kNN accuracy: {metrics['anatomy_knn_accuracy']}")
-    return 0
-
-
-def _cmd_index(a) -> int:
-    from leader.datasets.pack import index_root  # noqa: PLC0415
-
-    m = index_root(a.root, check_files=not a.no_check_files)
-    m.save(a.out)
-    print(f"{len(m)} images -> {a.out}")
-    print(m.df["dataset"].value_counts().to_string())
-    return 0
-
-
-def _cmd_phantoms(a) -> int:
-    from leader.phantoms import make_phantom_pack  # noqa: PLC0415
-
-    m = make_phantom_pack(a.out, n_images=a.n, size=a.size, seed=a.seed)
-    print(f"{len(m)} phantoms -> {Path(a.out) / 'manifest.parquet'}")
     return 0
 
 
@@ -168,18 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(d, default=None)
     d.set_defaults(func=_cmd_demo)
 
-    data = sub.add_parser("data", help="manifests").add_subparsers(dest="data_cmd", required=True)
-    i = data.add_parser("index", help="index a dataset folder into a Parquet manifest")
-    i.add_argument("--root", required=True)
-    i.add_argument("--out", required=True)
-    i.add_argument("--no-check-files", action="store_true", help="metadata only; never touch image files")
-    i.set_defaults(func=_cmd_index)
-    ph = data.add_parser("phantoms", help="generate chest phantoms with known landmarks and lesion boxes")
-    ph.add_argument("--out", required=True)
-    ph.add_argument("--n", type=int, default=60)
-    ph.add_argument("--size", type=int, default=512)
-    ph.add_argument("--seed", type=int, default=0)
-    ph.set_defaults(func=_cmd_phantoms)
+    data = sub.add_parser("data", help="manifests and datasets").add_subparsers(dest="data_cmd", required=True)
 
     pt = sub.add_parser("patches", help="diseased / healthy / landmark patch tables (Algorithm 1 lines 1-7)")
     pt.add_argument("--manifest", required=True)
@@ -212,6 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--patches", default=None, help="patch table (Parquet) to embed instead of whole images")
     e.add_argument("--batch-size", type=int, default=64)
     e.set_defaults(func=_cmd_embed)
+    groups = {"data": data, "teachers": te}
+    for name in EXTENSIONS:
+        try:
+            mod = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name != name:
+                raise
+            continue
+        mod.register(sub, groups)
     return p
 
 
