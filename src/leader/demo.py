@@ -411,7 +411,7 @@ def render_report(metrics: dict, results: dict, data_root, quick: bool, out: Pat
     for name in ("retrieval-student_e_da.png", "retrieval-teacher_disease.png"):
         if (out / "figures" / name).exists():
             lines.append(f"![{name}](figures/{name})")
-    lines += ["", "t-SNE settings (sklearn Barnes-Hut, PCA init, fixed seed) are saved next to each PNG as JSON.",
+    lines += ["", "t-SNE settings (openTSNE Barnes-Hut, PCA init, fixed seed, one thread) are saved next to each PNG as JSON.",
               "Numbers are as measured by this run; with this little data they show that the pipeline works "
               "on real input, not the paper's effect sizes.", ""]
     return "\n".join(lines)

@@ -172,3 +172,219 @@ def _glob_to_re(pat: str) -> str:
     import fnmatch
 
     return fnmatch.translate(pat)
+
+
+# --------------------------------------------------------------------------------------
+# helpers for the metadata-table readers (CheXpert, MIMIC, PadChest, VinDr, ...)
+# --------------------------------------------------------------------------------------
+
+
+class UnknownLabelWarning(UserWarning):
+    """Label values or class names outside a dataset's documented vocabulary were met
+    (the message gives the count, the file and the first rows)."""
+
+
+class UnreadableRowWarning(UserWarning):
+    """Metadata rows could not be parsed; they were kept with unknown (NaN) labels or
+    skipped, as the reader documents (the message gives the count, file and rows)."""
+
+
+def warn_rows(dataset: str, path: Path | str, rows: Sequence, reason: str,
+              category: type[Warning] = UnreadableRowWarning) -> None:
+    """One warning ``"<dataset>: <path>: <n> row(s) <reason>: <first rows>"``."""
+    if not len(rows):
+        return
+    head = ", ".join(map(str, list(rows)[:5]))
+    more = "" if len(rows) <= 5 else f", ... (+{len(rows) - 5} more)"
+    warnings.warn(f"{dataset}: {path}: {len(rows)} row(s) {reason}: {head}{more}", category, stacklevel=3)
+
+
+def read_table(path: str | os.PathLike, *, what: str = "metadata CSV", **kw):
+    """``pandas.read_csv`` of a ``.csv``, ``.csv.gz`` or single-file ``.zip`` with errors
+    turned into :class:`~leader.errors.ManifestError` naming the file.
+
+    Defaults: every column as ``str``, blanks as NaN (``keep_default_na=False``,
+    ``na_values=[""]``) so that values such as ``"None"`` or ``"NA"`` stay literal.
+    """
+    import pandas as pd
+
+    path = Path(path)
+    kw.setdefault("dtype", str)
+    kw.setdefault("keep_default_na", False)
+    kw.setdefault("na_values", [""])
+    try:
+        df = pd.read_csv(path, **kw)
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: {what} not found") from None
+    except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: cannot read {what}: {e}") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    return df
+
+
+def require_columns(df, path: Path | str, columns: Sequence[str]) -> None:
+    miss = [c for c in columns if c not in df.columns]
+    if miss:
+        raise ManifestError(f"{path}: missing column(s) {miss}; have {list(df.columns)}")
+
+
+def csv_header(path: Path) -> list[str]:
+    """Column names of the first line of a CSV (``.csv``, ``.csv.gz``, ``.zip``), stripped;
+    ``[]`` when unreadable. Reads at most 64 KiB."""
+    import gzip
+    import zipfile
+
+    try:
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path, "rb") as fh:
+                line = fh.readline(65536)
+        elif path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+                if len(names) != 1:
+                    return []
+                with z.open(names[0]) as fh:
+                    line = fh.readline(65536)
+        else:
+            with open(path, "rb") as fh:
+                line = fh.readline(65536)
+    except (OSError, EOFError, zipfile.BadZipFile):
+        return []
+    text = line.decode("latin-1").strip().lstrip("\ufeff").lstrip("ï»¿")
+    import csv as _csv
+
+    try:
+        row = next(_csv.reader([text]))
+    except StopIteration:
+        return []
+    return [c.strip() for c in row]
+
+
+def stored_sizes(
+    dataset: str,
+    root: Path,
+    ids: Sequence[str],
+    paths: Sequence[str],
+    check_files: bool,
+    on_error: str,
+    default_w=None,
+    default_h=None,
+):
+    """Vectorised stored sizes for table readers.
+
+    Returns ``(width, height, spacing, keep)``: float64 arrays (NaN = unknown) and a
+    bool mask of rows to keep. With ``check_files=True`` sizes and column spacing (mm)
+    come from the image headers and rows whose file is missing / unreadable (``on_error
+    ="skip"``) get ``keep=False`` (one warning each, see :func:`read_sizes`). With
+    ``check_files=False`` nothing is opened: sizes are ``default_w`` / ``default_h``
+    (scalars or arrays; None = unknown) and spacing is NaN.
+    """
+    import numpy as np
+
+    n = len(ids)
+    if check_files:
+        infos, _, _ = read_sizes(dataset, root, ids, paths, on_error)
+        w = np.array([i.width if i else np.nan for i in infos], dtype=np.float64)
+        h = np.array([i.height if i else np.nan for i in infos], dtype=np.float64)
+        sp = np.array([(i.pixel_spacing if (i and i.pixel_spacing) else np.nan) for i in infos],
+                      dtype=np.float64)
+        keep = np.array([i is not None for i in infos], dtype=bool)
+        return w, h, sp, keep
+
+    def arr(v):
+        if v is None:
+            return np.full(n, np.nan)
+        a = np.asarray(v, dtype=np.float64)
+        return np.full(n, float(a)) if a.ndim == 0 else a.astype(np.float64)
+
+    return arr(default_w), arr(default_h), np.full(n, np.nan), np.ones(n, dtype=bool)
+
+
+def table_manifest(
+    *,
+    ids,
+    paths,
+    dataset: str,
+    split,
+    patient_id,
+    width=None,
+    height=None,
+    pixel_spacing=None,
+    view="UNKNOWN",
+    normal=False,
+    boxes=None,
+    labels: dict | None = None,
+    extras: dict | None = None,
+    keep=None,
+):
+    """Build a :class:`~leader.manifest.Manifest` column-wise (fast path for big tables).
+
+    Scalars broadcast; ``width``/``height`` float arrays with NaN = unknown; ``labels``
+    maps native label names to float arrays of 1 / 0 / NaN; ``extras`` become extra
+    columns; ``keep`` (bool mask) drops rows last.
+    """
+    import numpy as np
+    import pandas as pd
+
+    from leader.manifest import LABEL_PREFIX, Manifest
+
+    n = len(ids)
+
+    def col(v, dtype=object):
+        if isinstance(v, (str, bool, int, float)) or v is None:
+            return np.full(n, v, dtype=dtype if dtype is not object else object)
+        return np.asarray(v, dtype=dtype) if dtype is not object else np.asarray(v, dtype=object)
+
+    def size(v):
+        if v is None:
+            return pd.array([pd.NA] * n, dtype="Int64")
+        a = np.asarray(v, dtype=np.float64)
+        if a.ndim == 0:
+            a = np.full(n, float(a))
+        return pd.array(np.where(np.isnan(a), np.nan, a), dtype="Float64").astype("Int64")
+
+    ps = np.full(n, np.nan) if pixel_spacing is None else np.asarray(pixel_spacing, dtype=np.float64)
+    if ps.ndim == 0:
+        ps = np.full(n, float(ps))
+    data = {
+        "id": np.asarray(ids, dtype=object),
+        "path": np.asarray(paths, dtype=object),
+        "dataset": dataset,
+        "split": col(split),
+        "patient_id": np.asarray([str(p) for p in patient_id], dtype=object),
+        "width": size(width),
+        "height": size(height),
+        "pixel_spacing": ps,
+        "view": col(view),
+        "normal": col(normal, bool),
+        "boxes": pd.Series(boxes if boxes is not None else [[] for _ in range(n)], dtype=object),
+        "landmarks": pd.Series([None] * n, dtype=object),
+        "landmark_scheme": "",
+    }
+    df = pd.DataFrame(data)
+    if n == 0:
+        df = df.astype({"normal": bool})
+    for name, v in (labels or {}).items():
+        df[LABEL_PREFIX + name] = np.asarray(v, dtype=np.float32)
+    for name, v in (extras or {}).items():
+        df[name] = v if not isinstance(v, (list, tuple)) else pd.Series(v, dtype=object)
+    if keep is not None and not np.all(keep):
+        df = df.loc[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+    return Manifest(df)
+
+
+def resolve_metadata(root: Path, metadata, patterns: Sequence[str], what: str, max_depth: int = 2) -> list[Path]:
+    """Explicit ``metadata`` files (str / path / list) or those matching ``patterns`` under
+    ``root``; raises :class:`~leader.errors.ManifestError` when none is found."""
+    if metadata is not None:
+        if isinstance(metadata, (str, os.PathLike)):
+            metadata = [metadata]
+        out = [Path(m) for m in metadata]
+        for p in out:
+            if not p.is_file():
+                raise ManifestError(f"{p}: {what} not found")
+        return out
+    hits = find_first(root, patterns, max_depth=max_depth)
+    if not hits:
+        raise ManifestError(f"{root}: no {what} found (looked for {', '.join(patterns)})")
+    return hits

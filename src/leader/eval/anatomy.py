@@ -63,25 +63,29 @@ def silhouette(emb: np.ndarray, labels: Sequence) -> float:
 def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> tuple[np.ndarray, dict]:
     """2-D t-SNE of L2-normalised embeddings, reproducible for a seed (field report BR-22).
 
-    Uses scikit-learn's exact-gradient-free Barnes-Hut t-SNE with PCA initialisation and a
-    fixed ``random_state``: the same input and seed give identical coordinates. Because PCA
-    initialisation is deterministic, different seeds often give the same layout too; the seed
-    is still recorded.
+    Backend: openTSNE with Barnes-Hut gradients, PCA initialisation, ``random_state=seed`` and
+    one thread, which makes it deterministic: the same input and seed give identical
+    coordinates; another seed gives another layout. (openTSNE's FFT gradients and multi-threaded
+    runs are not bit-reproducible, so they are not used.) Perplexity is capped at
+    ``(N - 1) / 3`` for small inputs.
+
+    Args:
+        emb: float ``[N, D]``, ``N >= 4``.
 
     Returns:
         ``(coords float32 [N, 2], settings dict)`` — the settings (backend, seed, perplexity,
         init, deterministic) belong next to any figure made from the coordinates.
     """
-    from sklearn.manifold import TSNE  # noqa: PLC0415
+    from openTSNE import TSNE  # noqa: PLC0415
 
     x = l2_normalise(emb).astype(np.float64)
-    perp = float(min(perplexity, max(2.0, (x.shape[0] - 1) / 3.0)))
-    model = TSNE(n_components=2, perplexity=perp, init="pca", random_state=int(seed),
-                 method="barnes_hut", learning_rate="auto", n_jobs=1)
-    coords = model.fit_transform(x).astype(np.float32)
-    settings = {"backend": "sklearn.manifold.TSNE", "method": "barnes_hut", "seed": int(seed),
+    perp = float(min(perplexity, max(1.0, (x.shape[0] - 1) / 3.0)))
+    model = TSNE(n_components=2, perplexity=perp, initialization="pca", random_state=int(seed),
+                 negative_gradient_method="bh", n_jobs=1, verbose=False)
+    coords = np.asarray(model.fit(x), dtype=np.float32)
+    settings = {"backend": "openTSNE.TSNE", "gradient": "barnes-hut", "seed": int(seed),
                 "perplexity": perp, "init": "pca", "metric": "euclidean on L2-normalised",
-                "deterministic": True}
+                "n_jobs": 1, "deterministic": True}
     return coords, settings
 
 

@@ -44,7 +44,7 @@ def cosine_search(queries: np.ndarray, gallery: np.ndarray, k: int) -> tuple[np.
     scores, idx = index.search(q, k)
     # deterministic tie order: by (-score, index) — FAISS' heap order is not specified for ties
     for r in range(idx.shape[0]):
-        order = np.lexsort((idx[r], -np.round(scores[r], 6)))
+        order = np.lexsort((idx[r], -scores[r]))
         scores[r], idx[r] = scores[r, order], idx[r, order]
     return scores, idx.astype(np.int64)
 

@@ -1,0 +1,184 @@
+"""Metric functions shared by the evaluation protocols (paper §5-6).
+
+* :func:`binary_auc` / :func:`per_class_auc` / :func:`macro_auc`: ROC AUC per class with
+  unknown labels (NaN) ignored; a class whose evaluated rows hold only one label value has no
+  AUC: it is reported as ``nan`` with a reason, left out of the macro mean, and a
+  :class:`UndefinedMetricWarning` is issued naming it.
+* :func:`multiclass_auc`: one-vs-rest AUC per class for single-label (multi-class) tasks.
+* :func:`dice` / :func:`iou`: overlap of binary masks, per image and averaged.
+* :func:`kmeans_nmi`: normalised mutual information between k-means clusters and labels.
+* :func:`accuracy`.
+
+Precision@K lives in :mod:`leader.eval.retrieval`, kNN accuracy and silhouette in
+:mod:`leader.eval.anatomy`; the two-sample t-test in :mod:`leader.eval.stats`.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+
+
+class UndefinedMetricWarning(UserWarning):
+    """A metric could not be computed for some class (e.g. only one label value present)."""
+
+
+def binary_auc(y_true: np.ndarray, score: np.ndarray) -> float:
+    """ROC AUC of one binary task (Mann-Whitney U statistic; ties count one half).
+
+    Rows whose label is NaN are ignored.
+
+    Returns:
+        AUC in ``[0, 1]``, or ``nan`` when the known rows hold only one label value (or none).
+    """
+    y = np.asarray(y_true, dtype=np.float64).reshape(-1)
+    s = np.asarray(score, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels {y.shape} and scores {s.shape} differ in length")
+    known = ~np.isnan(y)
+    y, s = y[known], s[known]
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    from scipy.stats import rankdata  # noqa: PLC0415
+
+    ranks = rankdata(np.concatenate([pos, neg]))
+    u = ranks[: len(pos)].sum() - len(pos) * (len(pos) + 1) / 2.0
+    return float(u / (len(pos) * len(neg)))
+
+
+@dataclass
+class AUCResult:
+    """Per-class AUCs and their macro mean over the classes where AUC is defined."""
+
+    per_class: dict[str, float]
+    macro: float
+    undefined: dict[str, str] = field(default_factory=dict)   # class -> reason
+    n_pos: dict[str, int] = field(default_factory=dict)
+    n_neg: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        return {"macro_auc": self.macro, "per_class": dict(self.per_class),
+                "undefined": dict(self.undefined), "n_pos": dict(self.n_pos), "n_neg": dict(self.n_neg)}
+
+
+def per_class_auc(y_true: np.ndarray, scores: np.ndarray, names: Sequence[str], *,
+                  warn: bool = True, context: str = "") -> AUCResult:
+    """AUC per column of a multi-label task and their macro mean.
+
+    Args:
+        y_true: float ``[N, C]`` with 1 / 0 / NaN (unknown, ignored for that class).
+        scores: float ``[N, C]`` (probabilities or logits).
+        names: ``C`` class names.
+        warn: issue one :class:`UndefinedMetricWarning` naming the undefined classes.
+        context: prefix of the warning (e.g. the representation and split).
+
+    Returns:
+        :class:`AUCResult`; a class with only one label value among its known rows gets
+        ``nan`` and a reason in ``undefined`` and is excluded from ``macro`` (``nan`` when no
+        class is defined).
+    """
+    y = np.asarray(y_true, dtype=np.float64)
+    s = np.asarray(scores, dtype=np.float64)
+    if y.ndim != 2 or y.shape != s.shape or y.shape[1] != len(names):
+        raise ValueError(f"labels {y.shape}, scores {s.shape} and {len(names)} names do not match")
+    per, undefined, npos, nneg = {}, {}, {}, {}
+    for j, name in enumerate(names):
+        col = y[:, j]
+        p, n = int(np.sum(col == 1)), int(np.sum(col == 0))
+        npos[name], nneg[name] = p, n
+        if p == 0 or n == 0:
+            per[name] = float("nan")
+            undefined[name] = (f"only one label value ({p} positive, {n} negative)" if p + n
+                               else "no known labels")
+            continue
+        per[name] = binary_auc(col, s[:, j])
+    vals = [v for k, v in per.items() if k not in undefined]
+    macro = float(np.mean(vals)) if vals else float("nan")
+    if warn and undefined:
+        warnings.warn(
+            f"{context + ': ' if context else ''}AUC undefined for {len(undefined)} class(es), left out of "
+            f"the macro mean: " + "; ".join(f"{k} ({v})" for k, v in undefined.items()),
+            UndefinedMetricWarning, stacklevel=2)
+    return AUCResult(per, macro, undefined, npos, nneg)
+
+
+def macro_auc(y_true: np.ndarray, scores: np.ndarray, names: Sequence[str] | None = None, **kw) -> float:
+    """Macro mean of :func:`per_class_auc` (undefined classes excluded, with a warning)."""
+    y = np.asarray(y_true)
+    names = list(names) if names is not None else [str(j) for j in range(y.shape[1])]
+    return per_class_auc(y_true, scores, names, **kw).macro
+
+
+def multiclass_auc(labels: Sequence, proba: np.ndarray, classes: Sequence, *, warn: bool = True,
+                   context: str = "") -> AUCResult:
+    """One-vs-rest AUC per class of a single-label task (e.g. lesion-level: one class per patch).
+
+    Args:
+        labels: ``N`` true class labels.
+        proba: float ``[N, C]`` class scores, column ``j`` for ``classes[j]``.
+        classes: the ``C`` classes.
+    """
+    lab = np.asarray(labels)
+    y = np.stack([(lab == c).astype(np.float64) for c in classes], axis=1) if len(classes) else np.zeros((len(lab), 0))
+    return per_class_auc(y, proba, [str(c) for c in classes], warn=warn, context=context)
+
+
+def accuracy(y_true: Sequence, y_pred: Sequence) -> float:
+    """Fraction of equal entries."""
+    a, b = np.asarray(y_true), np.asarray(y_pred)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} vs {b.shape}")
+    return float(np.mean(a == b)) if a.size else float("nan")
+
+
+def _as_masks(pred, target) -> tuple[np.ndarray, np.ndarray]:
+    p = np.asarray(pred)
+    t = np.asarray(target)
+    if p.shape != t.shape:
+        raise ValueError(f"prediction {p.shape} and target {t.shape} masks differ in shape")
+    if p.ndim == 2:
+        p, t = p[None], t[None]
+    return p.reshape(p.shape[0], -1) > 0.5, t.reshape(t.shape[0], -1) > 0.5
+
+
+def dice(pred, target, empty: float = 1.0, reduce: bool = True):
+    """Dice coefficient ``2|P∩T| / (|P| + |T|)`` of binary masks.
+
+    Args:
+        pred, target: ``[H, W]`` or ``[N, H, W]`` (values > 0.5 are foreground).
+        empty: value when both masks are empty (default 1: perfect agreement).
+        reduce: mean over images (``True``) or the per-image array.
+    """
+    p, t = _as_masks(pred, target)
+    inter = (p & t).sum(1).astype(np.float64)
+    den = p.sum(1) + t.sum(1)
+    d = np.where(den > 0, 2 * inter / np.maximum(den, 1), empty)
+    return float(d.mean()) if reduce else d
+
+
+def iou(pred, target, empty: float = 1.0, reduce: bool = True):
+    """Intersection over union (Jaccard) ``|P∩T| / |P∪T|`` of binary masks (see :func:`dice`)."""
+    p, t = _as_masks(pred, target)
+    inter = (p & t).sum(1).astype(np.float64)
+    union = (p | t).sum(1)
+    j = np.where(union > 0, inter / np.maximum(union, 1), empty)
+    return float(j.mean()) if reduce else j
+
+
+def kmeans_nmi(emb: np.ndarray, labels: Sequence, seed: int = 0, n_init: int = 10) -> float:
+    """NMI between k-means clusters (k = number of labels, on L2-normalised rows) and labels."""
+    from sklearn.cluster import KMeans  # noqa: PLC0415
+    from sklearn.metrics import normalized_mutual_info_score  # noqa: PLC0415
+
+    from leader.eval.retrieval import l2_normalise  # noqa: PLC0415
+
+    lab = np.asarray(labels)
+    k = len(set(lab.tolist()))
+    if k < 2 or k > len(lab):
+        return float("nan")
+    km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init).fit(l2_normalise(emb))
+    return float(normalized_mutual_info_score(lab, km.labels_))
