@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import platform
 import time
 from pathlib import Path
@@ -218,7 +219,8 @@ def _retrieval_figure(m: Manifest, patches: pd.DataFrame, per_query: list, store
 def run_demo(data_root: str | Path | None, out_dir: str | Path, quick: bool = False,
              overrides: Sequence[str] = (), config: str | None = None) -> dict:
     """Run the whole demo; returns the metrics dict also written to ``OUT/metrics.json``."""
-    t_start = time.time()
+    t_start, cpu_start = time.time(), time.process_time()
+    load_start = round(os.getloadavg()[0], 2)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg = load_config(config or ("demo-quick" if quick else "demo"), overrides)
@@ -343,6 +345,8 @@ def run_demo(data_root: str | Path | None, out_dir: str | Path, quick: bool = Fa
         "stage2_epoch_losses": s2,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "total_seconds": round(time.time() - t_start, 1),
+        "cpu_seconds": round(time.process_time() - cpu_start, 1),
+        "load_average_1min": [load_start, round(os.getloadavg()[0], 2)],
         "config": cfg,
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
@@ -382,8 +386,11 @@ def render_report(metrics: dict, results: dict, data_root, quick: bool, out: Pat
         f"Data: {metrics['data']}.  ",
         f"Patches: {metrics['n_disease_patches']} diseased (from boxes), {metrics['n_healthy_patches']} healthy "
         f"(from normal images), {metrics['n_landmark_patches']} around anatomical landmarks.  ",
-        f"Machine: {metrics['machine']}; total time {metrics['total_seconds']:.0f} s "
-        f"({', '.join(f'{a} {b:.0f} s' for a, b in metrics['timings_s'].items())}).", "",
+        f"Machine: {metrics['machine']}; total time {metrics['total_seconds']:.0f} s wall "
+        f"({', '.join(f'{a} {b:.0f} s' for a, b in metrics['timings_s'].items())}), "
+        f"{metrics['cpu_seconds']:.0f} s CPU; 1-min load average at start/end "
+        f"{metrics['load_average_1min'][0]} / {metrics['load_average_1min'][1]} "
+        "(above the core count means other work shared the CPU).", "",
         "## Distillation (Algorithm 1)", "",
         "| stage | first-epoch mean loss | last-epoch mean loss |", "|---|---|---|",
         f"| 1: disease branch on images | {_fmt(metrics['stage1_loss_first'])} | {_fmt(metrics['stage1_loss_last'])} |",
