@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import collections
 import json
-import os
-import time
 import warnings
 from pathlib import Path
 
@@ -196,37 +193,7 @@ def test_nih_real_pack(real_pack):
     assert all(Path(p).is_file() for p in m.df["path"])
 
 
-def _txv_data_dir() -> Path | None:
-    try:
-        import torchxrayvision
-    except Exception:  # noqa: BLE001
-        return None
-    d = Path(os.path.dirname(torchxrayvision.__file__)) / "data"
-    if (d / "Data_Entry_2017_v2020.csv.gz").is_file() and (d / "BBox_List_2017.csv.gz").is_file():
-        return d
-    return None
-
-
-def test_nih_full_metadata_from_torchxrayvision():
-    d = _txv_data_dir()
-    if d is None:
-        pytest.skip("torchxrayvision NIH metadata not installed")
-    t0 = time.perf_counter()
-    m = read_nih(d, check_files=False)
-    elapsed = time.perf_counter() - t0
-    assert elapsed < 10, f"read_nih took {elapsed:.1f}s"
-    assert len(m) == 112_120
-    assert m.df["patient_id"].nunique() == 30_805
-    n_boxes = m.df["boxes"].map(len)
-    assert int(n_boxes.sum()) == 984 and int((n_boxes > 0).sum()) == 880
-    by_label = collections.Counter(b["label"] for bl in m.df["boxes"] for b in bl)
-    assert by_label["Infiltration"] == 123 and "Infiltrate" not in by_label
-    assert len(by_label) == 8
-    assert int(m.df["normal"].sum()) == 60_361  # "No Finding"
-    counts = m.label_counts().set_index("label")["positive"]
-    assert counts["Hernia"] == 227 and counts["Infiltration"] == 19_894
-    assert set(m.df["view"]) == {"PA", "AP"}
-    assert m.df["pixel_spacing"].notna().all()
+# The full NIH metadata (112,120 rows) is tested in tests/test_datasets_realmeta.py.
 
 
 # ------------------------------------------------------------------------ RSNA BR-07
@@ -260,14 +227,7 @@ def test_br07_rsna_missing_coordinate_names_patient(tmp_path):
         read_rsna(root, check_files=False)
 
 
-def test_rsna_full_labels_from_torchxrayvision():
-    d = _txv_data_dir()
-    if d is None or not (d / "kaggle_stage_2_train_labels.csv.zip").is_file():
-        pytest.skip("torchxrayvision RSNA labels not installed")
-    m = read_rsna(d, labels_csv=d / "kaggle_stage_2_train_labels.csv.zip", check_files=False)
-    assert len(m) == 26_684  # 30,227 rows (BR-07)
-    assert int(m.df["boxes"].map(len).sum()) == 9_555
-    assert int(m.df["label:Pneumonia"].sum()) == 6_012
+# The full RSNA label file (30,227 rows) is tested in tests/test_datasets_realmeta.py.
 
 
 # ---------------------------------------------------------------------- TBX11K BR-17
@@ -537,7 +497,11 @@ def test_detect_dataset(real_pack):
     assert detect_dataset(real_pack / "siim-acr-pneumothorax") == "siim"
     assert detect_dataset(real_pack / "opencxr") is None
     assert detect_dataset(real_pack) is None
-    assert set(READERS) == {"nih", "tbx11k", "jsrt", "covid", "siim", "rsna", "folder"}
+    assert set(READERS) == {"nih", "tbx11k", "jsrt", "covid", "siim", "rsna", "folder", "chexpert", "mimic",
+                            "padchest", "vindr", "chestx-det", "node21", "covidx", "shenzhen"}
+    # the unlabelled pack folders stay plain folders
+    for name in ("opencxr", "node21", "dicom-samples", "lung-segmentation-2d", "covid-chestxray-dataset"):
+        assert detect_dataset(real_pack / name) is None, name
 
 
 def test_index_root_real_pack(real_pack, tmp_path):
@@ -554,7 +518,8 @@ def test_index_root_real_pack(real_pack, tmp_path):
         "covid-figure1": 52, "nih": 39, "covid-actualmed": 14, "jsrt": 8, "lung-segmentation-2d": 4,
         "opencxr": 4, "tbx11k": 3, "covid-chestxray-dataset": 2, "dicom-samples": 1, "node21": 1, "siim": 1,
     }
-    assert m.label_names == list(HARMONISED_LABELS)
+    # the pack's labels: the first 19 harmonised names, in that order
+    assert m.label_names == list(HARMONISED_LABELS[:19])
     assert m.df["id"].is_unique and m.df["width"].notna().all() and m.df["height"].notna().all()
     assert sum(len(m.boxes(i)) for i in range(len(m))) == 9 + 3 + 7
     assert sum(m.landmarks(i) is not None for i in range(len(m))) == 8

@@ -1,17 +1,96 @@
-"""``leader data ...`` commands: dataset indexing and phantom generation."""
+"""``leader data ...`` commands: dataset indexing, splits and phantom generation.
+
+``leader data index [--dataset NAME] --root DIR [--metadata FILE ...] [--no-check-files]
+[--views GROUP] [--harmonise] [--uncertain P] [--blank P] [--radiologists P]
+[--option KEY=VALUE ...] --out manifest.parquet``
+
+    Without ``--dataset`` every dataset under ``--root`` is detected by content
+    (:func:`leader.datasets.index_root`); with it, one reader is used
+    (:func:`leader.datasets.read_dataset`; names: ``nih chexpert mimic padchest vindr rsna
+    siim tbx11k covidx covid chestx-det node21 jsrt shenzhen folder``). ``--no-check-files``
+    reads metadata only and never opens or stats an image.
+
+``leader data split --manifest IN --out OUT [--val 0.1] [--test 0.1] [--seed 0]
+[--fractions 0.01,0.05,0.1] [--no-official] [--dedup]``
+
+    Keeps official splits, splits the rest by patient, writes the nested label-fraction key
+    (extra column ``fraction_key``: the train rows of fraction ``f`` are ``fraction_key <
+    f``), and reports leaks (a patient on two sides).
+"""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 
-def _cmd_index(a) -> int:
-    from leader.datasets.pack import index_root  # noqa: PLC0415
+def _parse_value(v: str):
+    try:
+        return json.loads(v)
+    except json.JSONDecodeError:
+        return v
 
-    m = index_root(a.root, check_files=not a.no_check_files)
+
+def _cmd_index(a) -> int:
+    from leader.datasets import harmonise as _harmonise  # noqa: PLC0415
+    from leader.datasets.pack import index_root, read_dataset  # noqa: PLC0415
+    from leader.datasets.views import filter_views  # noqa: PLC0415
+
+    check = not a.no_check_files
+    opts = {}
+    for kv in a.option or []:
+        if "=" not in kv:
+            raise SystemExit(f"--option expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        opts[k.strip().replace("-", "_")] = _parse_value(v)
+    for name in ("uncertain", "blank", "policy", "radiologists"):
+        if getattr(a, name, None) is not None:
+            opts[name] = getattr(a, name)
+    if a.dataset:
+        m = read_dataset(a.dataset, a.root, a.metadata, check_files=check, on_error=a.on_error, **opts)
+    else:
+        if a.metadata or opts:
+            raise SystemExit("--metadata and reader options need --dataset")
+        m = index_root(a.root, check_files=check, on_error=a.on_error)
+    if a.views and a.views != "all":
+        groups = [v.strip() for v in a.views.split(",") if v.strip()]
+        m, rep = filter_views(m, groups[0] if len(groups) == 1 else groups)
+        print(rep)
+    if a.harmonise:
+        m = _harmonise(m, keep_native=a.keep_native)
     m.save(a.out)
     print(f"{len(m)} images -> {a.out}")
     print(m.df["dataset"].value_counts().to_string())
+    print("splits:", m.df["split"].value_counts().to_dict())
+    print("views:", m.df["view"].value_counts().to_dict())
+    print(f"{m.df['patient_id'].nunique()} patients, {int(m.df['boxes'].map(len).sum())} boxes, "
+          f"{len(m.label_names)} label columns")
+    return 0
+
+
+def _cmd_split(a) -> int:
+    from leader.datasets.splits import (assign_splits, duplicate_groups, fraction_keys,  # noqa: PLC0415
+                                        group_ids, label_fraction, split_leaks)
+    from leader.manifest import Manifest  # noqa: PLC0415
+
+    m = Manifest.load(a.manifest)
+    groups = group_ids(m, duplicates=duplicate_groups(m) if a.dedup else None)
+    m = assign_splits(m, val=a.val, test=a.test, seed=a.seed, respect_official=not a.no_official, groups=groups)
+    keys = fraction_keys(m, seed=a.seed, groups=groups)
+    df = m.df.copy()
+    df["fraction_key"] = keys
+    out = Manifest(df, validate=False)
+    out.save(a.out)
+    print(f"{len(out)} images -> {a.out}")
+    print("splits:", out.df["split"].value_counts().to_dict())
+    for f in [float(x) for x in a.fractions.split(",") if x.strip()]:
+        mask = label_fraction(out, f, keys=keys)
+        print(f"fraction {f:g}: {int(mask.sum())} train images, "
+              f"{out.df.loc[mask, 'patient_id'].nunique()} patients")
+    leaks = split_leaks(out, groups)
+    if leaks:
+        print(f"WARNING: {len(leaks)} group(s) on more than one side (official splits): "
+              f"{list(leaks.items())[:5]}")
     return 0
 
 
@@ -24,17 +103,43 @@ def _cmd_phantoms(a) -> int:
 
 
 def register(sub, groups) -> None:
-    """Add ``data index`` and ``data phantoms`` to the ``data`` command group."""
+    """Add ``data index``, ``data split`` and ``data phantoms`` to the ``data`` command group."""
     data = groups["data"]
     i = data.add_parser("index", help="index a dataset folder into a Parquet manifest")
     i.add_argument("--root", required=True)
     i.add_argument("--out", required=True)
+    i.add_argument("--dataset", default=None,
+                   help="reader name (nih, chexpert, mimic, padchest, vindr, rsna, siim, tbx11k, covidx, covid, "
+                        "chestx-det, node21, jsrt, shenzhen, folder); default: detect every dataset under --root")
+    i.add_argument("--metadata", nargs="+", default=None, help="explicit metadata file(s) for --dataset")
     i.add_argument("--no-check-files", action="store_true", help="metadata only; never touch image files")
+    i.add_argument("--on-error", choices=("raise", "skip"), default="raise",
+                   help="unreadable image headers: raise (default) or skip with a counted warning")
+    i.add_argument("--views", default=None,
+                   help="keep only these views: frontal, pa, ap, lateral, all, or a comma list (PA,AP,AP AXIAL)")
+    i.add_argument("--harmonise", action="store_true", help="map labels onto the harmonised vocabulary")
+    i.add_argument("--keep-native", action="store_true", help="with --harmonise: keep native labels as native:<name>")
+    i.add_argument("--uncertain", default=None, help="CheXpert/MIMIC -1 policy: ignore (default), ones, zeros")
+    i.add_argument("--blank", default=None, help="CheXpert/MIMIC blank policy: zeros (default), ignore")
+    i.add_argument("--policy", default=None, help="CheXpert/MIMIC both policies as text: 'uncertain=ignore,blank=0'")
+    i.add_argument("--radiologists", default=None, help="VinDr-CXR policy: all (default), union, consensus")
+    i.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
+                   help="extra reader keyword (JSON value), e.g. stored_size=1024 or original_sizes=meta.csv")
     i.set_defaults(func=_cmd_index)
+    s = data.add_parser("split", help="patient-level train/val/test split and nested label fractions")
+    s.add_argument("--manifest", required=True)
+    s.add_argument("--out", required=True)
+    s.add_argument("--val", type=float, default=0.1)
+    s.add_argument("--test", type=float, default=0.1)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--fractions", default="0.01,0.05,0.1,0.25,0.5,1")
+    s.add_argument("--no-official", action="store_true", help="ignore official splits; re-split everything")
+    s.add_argument("--dedup", action="store_true",
+                   help="also group byte-identical files (reads every file) so copies stay on one side")
+    s.set_defaults(func=_cmd_split)
     ph = data.add_parser("phantoms", help="generate chest phantoms with known landmarks and lesion boxes")
     ph.add_argument("--out", required=True)
     ph.add_argument("--n", type=int, default=60)
     ph.add_argument("--size", type=int, default=512)
     ph.add_argument("--seed", type=int, default=0)
     ph.set_defaults(func=_cmd_phantoms)
-

@@ -203,21 +203,31 @@ def read_table(path: str | os.PathLike, *, what: str = "metadata CSV", **kw):
     """``pandas.read_csv`` of a ``.csv``, ``.csv.gz`` or single-file ``.zip`` with errors
     turned into :class:`~leader.errors.ManifestError` naming the file.
 
-    Defaults: every column as ``str``, blanks as NaN (``keep_default_na=False``,
-    ``na_values=[""]``) so that values such as ``"None"`` or ``"NA"`` stay literal.
+    Defaults: every column as Python ``str`` (object), blanks as NaN
+    (``keep_default_na=False``, ``na_values=[""]``) so that values such as ``"None"`` or
+    ``"NA"`` stay literal; ``index_col=False``. A row with more fields than the header raises
+    (instead of pandas' silent column shift).
     """
     import pandas as pd
 
     path = Path(path)
-    kw.setdefault("dtype", str)
+    kw.setdefault("dtype", object)
     kw.setdefault("keep_default_na", False)
     kw.setdefault("na_values", [""])
+    kw.setdefault("index_col", False)  # never silently shift columns when rows are too long
     try:
-        df = pd.read_csv(path, **kw)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", pd.errors.ParserWarning)
+            df = pd.read_csv(path, **kw)
     except FileNotFoundError:
         raise ManifestError(f"{path}: {what} not found") from None
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
         raise ManifestError(f"{path}: cannot read {what}: {e}") from None
+    for w in caught:
+        if issubclass(w.category, pd.errors.ParserWarning):
+            raise ManifestError(f"{path}: cannot read {what}: data rows have more fields than the header "
+                                f"({w.message})")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     df.columns = [str(c).strip() for c in df.columns]
     return df
 
@@ -351,7 +361,7 @@ def table_manifest(
         "path": np.asarray(paths, dtype=object),
         "dataset": dataset,
         "split": col(split),
-        "patient_id": np.asarray([str(p) for p in patient_id], dtype=object),
+        "patient_id": np.asarray(patient_id, dtype=object).astype(str).astype(object),
         "width": size(width),
         "height": size(height),
         "pixel_spacing": ps,
@@ -364,10 +374,26 @@ def table_manifest(
     df = pd.DataFrame(data)
     if n == 0:
         df = df.astype({"normal": bool})
+    add = {}
+    blocks = []
+    if isinstance(labels, tuple):  # (names, float32 [N, L]) -> one block
+        names, mat = labels
+        blocks.append(pd.DataFrame(np.asarray(mat, dtype=np.float32), index=df.index,
+                                   columns=[LABEL_PREFIX + str(c) for c in names]))
+        labels = None
     for name, v in (labels or {}).items():
-        df[LABEL_PREFIX + name] = np.asarray(v, dtype=np.float32)
+        add[LABEL_PREFIX + name] = np.asarray(v, dtype=np.float32)
     for name, v in (extras or {}).items():
-        df[name] = v if not isinstance(v, (list, tuple)) else pd.Series(v, dtype=object)
+        if isinstance(v, (list, tuple)):
+            add[name] = pd.Series(v, dtype=object)
+        elif np.ndim(v) == 0:
+            add[name] = np.full(n, v, dtype=object if isinstance(v, str) else None)
+        else:
+            add[name] = v
+    if add:
+        blocks.append(pd.DataFrame(add, index=df.index))
+    if blocks:
+        df = pd.concat([df] + blocks, axis=1)
     if keep is not None and not np.all(keep):
         df = df.loc[np.asarray(keep, dtype=bool)].reset_index(drop=True)
     return Manifest(df)

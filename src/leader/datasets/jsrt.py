@@ -35,6 +35,13 @@ Output
 * ``pixel_spacing`` = ``0.175 * 2048 / stored_width`` mm.
 * Extra columns ``subtlety`` (1-5, NaN for non-nodule) and ``malignancy``.
 
+* SCR masks (van Ginneken et al., Med. Image Anal. 2006): files ``<ID>.gif`` / ``.png`` in
+  organ folders (``right lung``, ``left lung``, ``heart``, ``right clavicle``, ``left
+  clavicle``) below any folder whose name contains ``mask`` (e.g. ``scratch/masks/heart/
+  JPCLN001.gif``; SCR masks are 1024x1024, half the 2048 original). When any is found the
+  extra column ``masks`` holds a JSON object ``{organ: path}`` per image (``"{}"`` when the
+  image has none). Masks are located, not decoded. (SCR ``.pfs`` landmark files are not read.)
+
 Rows are the images found under ``root`` plus the cases of the clinical lists; with
 ``check_files=True`` list entries without an image file are skipped (one warning).
 """
@@ -141,6 +148,25 @@ def _scan_images(root: Path) -> dict[str, Path]:
     return {k: v[1] for k, v in best.items()}
 
 
+def _scan_masks(root: Path) -> dict[str, dict[str, str]]:
+    """``{ID: {organ folder name: path}}`` for SCR-style masks below ``*mask*`` folders."""
+    out: dict[str, dict[str, str]] = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        rel = Path(dirpath).relative_to(root).parts
+        if not any("mask" in part.lower() for part in rel):
+            continue
+        organ = rel[-1].lower()
+        for f in sorted(filenames):
+            p = Path(dirpath) / f
+            if p.suffix.lower() not in (".gif", ".png", ".bmp", ".tif", ".tiff"):
+                continue
+            m = _ID_RE.match(p.stem)
+            if m:
+                out.setdefault(m.group(1).upper(), {}).setdefault(organ, str(p))
+    return out
+
+
 def _scan_landmarks(root: Path) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for p in sorted(root.rglob("*.npy")):
@@ -177,6 +203,7 @@ def read_jsrt(
     non_nodule = set(parse_cnndat(cnn_files[0])) if cnn_files else set()
     images = _scan_images(root)
     landmarks = _scan_landmarks(root)
+    masks = _scan_masks(root)
 
     case_ids = sorted(set(images) | set(clinical) | non_nodule)
     if not case_ids:
@@ -249,4 +276,8 @@ def read_jsrt(
                 "malignancy": rec["malignancy"] if rec else "",
             }
         )
+        if masks:
+            import json
+
+            records[-1]["masks"] = json.dumps(masks.get(cid, {}), sort_keys=True)
     return make_manifest(records)

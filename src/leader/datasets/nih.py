@@ -240,6 +240,7 @@ def read_nih(
     *,
     check_files: bool = True,
     stored_size: int | tuple[int, int] | None = None,
+    test_list: str | os.PathLike | None = None,
     on_error: str = "raise",
 ) -> Manifest:
     """Read NIH ChestX-ray14 under ``root`` into a :class:`Manifest` (dataset ``nih``).
@@ -252,6 +253,8 @@ def read_nih(
         check_files: see the module docstring.
         stored_size: stored image size (``int`` or ``(width, height)``) assumed when
             ``check_files=False``; default 1024.
+        test_list: explicit ``test_list.txt`` (default: searched in ``root`` and one folder
+            down); its images get ``split="test"``, all others ``train``.
         on_error: ``"raise"`` or ``"skip"`` for images whose header cannot be read.
 
     Raises:
@@ -332,7 +335,7 @@ def read_nih(
 
     # ---- split ----------------------------------------------------------------------
     split = np.full(n, "train", dtype=object)
-    tl = find_first(root, ["test_list.txt"], max_depth=1)
+    tl = [Path(test_list)] if test_list is not None else find_first(root, ["test_list.txt"], max_depth=1)
     if tl:
         test_names = _read_list(tl[0])
         split[de["image"].isin(test_names).to_numpy()] = "test"

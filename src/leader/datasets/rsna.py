@@ -28,9 +28,9 @@ import numpy as np
 import pandas as pd
 
 from leader.errors import BoxError, ManifestError
-from leader.manifest import Box, Manifest, make_manifest, normalize_view
+from leader.manifest import Box, Manifest, normalize_view
 
-from ._common import as_root, check_on_error, find_first, read_sizes
+from ._common import as_root, check_on_error, find_first, stored_sizes, table_manifest
 
 __all__ = ["read_rsna", "read_rsna_labels"]
 
@@ -93,6 +93,7 @@ def read_rsna(
     *,
     check_files: bool = True,
     stored_size: int | None = None,
+    class_info: str | os.PathLike | None = None,
     on_error: str = "raise",
 ) -> Manifest:
     """Read RSNA Pneumonia under ``root`` (dataset ``rsna``); see the module docstring.
@@ -102,6 +103,7 @@ def read_rsna(
         check_files: True skips images that are missing (one warning) and reads sizes,
             view and spacing from the header; False opens nothing, size ``stored_size``
             (default 1024).
+        class_info: explicit ``stage_2_detailed_class_info.csv`` (default: searched).
     """
     check_on_error(on_error)
     root = as_root(root)
@@ -113,58 +115,49 @@ def read_rsna(
         labels_csv = cands[0]
     lab = read_rsna_labels(labels_csv)
     normal_ids: set[str] = set()
-    cls = find_first(root, ["*detailed_class_info*.csv", "*detailed_class_info*.csv.zip"], max_depth=1)
+    cls = [Path(class_info)] if class_info is not None else find_first(
+        root, ["*detailed_class_info*.csv", "*detailed_class_info*.csv.zip"], max_depth=1)
     if cls:
         c = pd.read_csv(cls[0], dtype=str)
         if {"patientId", "class"} <= set(c.columns):
             normal_ids = set(c.loc[c["class"].str.strip() == "Normal", "patientId"])
 
-    on_disk: dict[str, Path] = {}
+    on_disk: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames.sort()
         for f in filenames:
-            p = Path(dirpath) / f
-            if p.suffix.lower() in (".dcm", ".png", ".jpg", ".jpeg"):
-                on_disk.setdefault(p.stem, p)
+            stem, ext = os.path.splitext(f)
+            if ext.lower() in (".dcm", ".png", ".jpg", ".jpeg"):
+                on_disk.setdefault(stem, os.path.join(dirpath, f))
     pids = lab["patientId"].tolist()
-    paths = [on_disk.get(p, root / f"{p}.dcm") for p in pids]
-    ids = [f"rsna/{p}" for p in pids]
-    infos = read_sizes("rsna", root, ids, paths, on_error)[0] if check_files else [None] * len(ids)
-
-    records = []
+    rs = str(root)
+    paths = np.array([on_disk.get(p) or f"{rs}/{p}.dcm" for p in pids], dtype=object)
+    ids = np.array([f"rsna/{p}" for p in pids], dtype=object)
+    n = len(pids)
+    if check_files:
+        w, h, sp_mm, keep = stored_sizes("rsna", root, ids, paths, True, on_error)
+    else:
+        w = h = np.full(n, float(stored_size or RSNA_FRAME))
+        sp_mm, keep = np.full(n, np.nan), np.ones(n, dtype=bool)
+    box_lists = lab["boxes"].tolist()
+    boxes: list[list[dict]] = []
+    views = np.full(n, "UNKNOWN", dtype=object)
     for k, pid in enumerate(pids):
-        if check_files and infos[k] is None:
+        if not keep[k]:
+            boxes.append([])
             continue
-        if check_files:
-            sw, sh = infos[k].width, infos[k].height
-        else:
-            sw = sh = int(stored_size or RSNA_FRAME)
-        sx, sy = sw / RSNA_FRAME, sh / RSNA_FRAME
-        boxes = []
-        for x, y, w, h in lab["boxes"].iat[k]:
+        sx, sy = w[k] / RSNA_FRAME, h[k] / RSNA_FRAME
+        bl = []
+        for x, y, bw, bh in box_lists[k]:
             try:
-                boxes.append(Box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, "Pneumonia"))
+                bl.append(Box(x * sx, y * sy, (x + bw) * sx, (y + bh) * sy, "Pneumonia").to_dict())
             except BoxError as e:
                 raise BoxError(f"{labels_csv}: patientId {pid!r}: {e}") from None
-        view = None
-        if check_files and Path(paths[k]).suffix.lower() == ".dcm":
+        boxes.append(bl)
+        if check_files and paths[k].lower().endswith(".dcm"):
             from .siim import _dicom_tags
 
-            view = _dicom_tags(Path(paths[k]))[1]
-        records.append(
-            {
-                "id": ids[k],
-                "path": str(paths[k]),
-                "dataset": "rsna",
-                "split": "train",
-                "patient_id": pid,
-                "width": sw,
-                "height": sh,
-                "pixel_spacing": infos[k].pixel_spacing if infos[k] else None,
-                "view": normalize_view(view),
-                "normal": pid in normal_ids,
-                "boxes": boxes,
-                "labels": {"Pneumonia": lab["target"].iat[k]},
-            }
-        )
-    return make_manifest(records)
+            views[k] = normalize_view(_dicom_tags(Path(paths[k]))[1])
+    return table_manifest(ids=ids, paths=paths, dataset="rsna", split="train", patient_id=pids, width=w, height=h,
+                          pixel_spacing=sp_mm, view=views, normal=np.array([p in normal_ids for p in pids], dtype=bool),
+                          boxes=boxes, labels={"Pneumonia": lab["target"].to_numpy(dtype=np.float32)}, keep=keep)

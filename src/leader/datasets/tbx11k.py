@@ -24,6 +24,13 @@ TBX11K release layout ``imgs/{health,sick,tb,test,...}/*.png`` and
 * ``split`` from the JSON file name: ``*_train.json`` -> ``train``, ``*_val.json`` ->
   ``val``, ``*_test.json`` -> ``test``, ``*trainval*`` -> ``train``. An image listed in
   several JSONs is indexed once (first file in sorted order wins; a warning is issued).
+* List files ``lists/*.txt`` (release layout; e.g. ``TBX11K_train.txt``, ``all_test.txt``):
+  one image path per line, relative to ``imgs/`` (a leading ``imgs/`` is tolerated). Listed
+  images that no JSON covers are indexed with the list's split (``*train*`` / ``*trainval*``
+  -> ``train``, ``*val*`` -> ``val``, ``*test*`` -> ``test``) and folder-derived labels:
+  ``health``/``sick`` -> TB labels 0, ``tb`` -> ``Tuberculosis`` = 1 with sub-types NaN,
+  anything else (e.g. ``test/``, whose labels are withheld) -> all labels NaN. An image in
+  a JSON keeps the JSON's split and labels. ``list_files=[]`` disables the lists.
 * ``id`` ``"tbx11k/<stem>"``; ``patient_id`` is the stem (TBX11K has no patient ids);
   ``view`` ``UNKNOWN``; ``pixel_spacing`` unknown.
 
@@ -86,6 +93,7 @@ def read_tbx11k(
     *,
     check_files: bool = True,
     include_unlisted: bool = True,
+    list_files: Sequence[str | os.PathLike] | None = None,
     on_error: str = "raise",
 ) -> Manifest:
     """Read TBX11K under ``root`` (dataset ``tbx11k``); see the module docstring.
@@ -98,6 +106,7 @@ def read_tbx11k(
             stored size from the header; False touches no image file and takes the size
             from the JSON.
         include_unlisted: also index ``imgs/{health,sick,tb}`` images that no JSON lists.
+        list_files: split lists (default ``lists/*.txt`` when that folder exists).
         on_error: ``"raise"`` or ``"skip"`` for unreadable image headers.
 
     Raises:
@@ -172,6 +181,26 @@ def read_tbx11k(
         if name not in cat_names and (jsons or include_unlisted):
             cat_names.append(name)
 
+    lists = [Path(p) for p in list_files] if list_files is not None else (
+        sorted(p for p in (root / "lists").iterdir() if p.suffix.lower() == ".txt")
+        if (root / "lists").is_dir() else [])
+    for lp in lists:
+        try:
+            lines = lp.read_text(encoding="utf-8-sig").splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{lp}: cannot read TBX11K list: {e}") from None
+        split = _split_of(lp)
+        for ln in lines:
+            fn = ln.strip().replace("\\", "/")
+            if not fn:
+                continue
+            fn = fn.split()[0]
+            if fn.startswith("imgs/"):
+                fn = fn[len("imgs/"):]
+            if fn not in entries:
+                entries[fn] = {"file_name": fn, "json_w": None, "json_h": None, "split": split,
+                               "ann": [], "listed": False, "source": lp}
+
     if include_unlisted:
         for folder in _FOLDERS:
             d = imgs_dir / folder
@@ -215,7 +244,8 @@ def read_tbx11k(
                 boxes.append(Box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, label))
             except BoxError as e:
                 raise BoxError(f"{info['source']}: annotation {aid!r} ({fn}): {e}") from None
-        folder = fn.split("/", 1)[0] if "/" in fn else ""
+        parts_ = fn.split("/")[:-1]
+        folder = next((f for f in reversed(parts_) if f in _FOLDERS), parts_[0] if parts_ else "")
         present = {b.label for b in boxes}
         if info["listed"]:
             labels = {c: float(c in present) for c in cat_names}
@@ -223,9 +253,12 @@ def read_tbx11k(
         elif folder == "tb":
             labels = {c: np.nan for c in cat_names}
             labels[TB] = 1.0
-        else:  # health / sick folder, not in a JSON
+        elif folder in ("health", "sick"):  # not in a JSON
             labels = {c: 0.0 for c in cat_names}
             labels[TB] = 0.0
+        else:  # e.g. imgs/test from a list file: labels withheld
+            labels = {c: np.nan for c in cat_names}
+            labels[TB] = np.nan
         records.append(
             {
                 "id": ids[k],

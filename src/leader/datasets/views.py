@@ -95,7 +95,10 @@ def resolve_views(views: str | Iterable[str] | None, extra: Iterable[str] = ()) 
                     f"or an explicit list of view strings")
             out = [v]
     else:
-        out = [normalize_view(v) for v in views]
+        out = []
+        for v in views:  # group names may be mixed with view strings: ["frontal", "AP AXIAL"]
+            key = str(v).strip().lower()
+            out += list(VIEW_GROUPS[key]) if key in VIEW_GROUPS else [normalize_view(v)]
     out += [normalize_view(v) for v in extra]
     return tuple(dict.fromkeys(out))
 

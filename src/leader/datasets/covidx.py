@@ -1,0 +1,141 @@
+"""COVIDx CXR (COVID-Net, Wang, Lin & Wong 2020) reader: the split ``.txt`` files.
+
+Sources: Wang et al., "COVID-Net: a tailored deep convolutional neural network design for
+detection of COVID-19 cases from chest X-ray images", Sci. Rep. 10 (2020);
+lindawangg/COVID-Net ``docs/COVIDx.md``; COVID-Net issue 25 (RSNA duplicates, BR-07).
+
+Format
+------
+``train.txt`` / ``val.txt`` / ``test.txt`` (also ``train_COVIDx*.txt``, ``test_COVIDx9A.txt``
+...): one image per line, **space-separated**::
+
+    <patient id> <file name> <class> <data source>
+
+(the oldest releases have no source field). Classes are ``normal`` / ``pneumonia`` /
+``COVID-19`` (COVIDx v1-v8A, 3-class) or ``positive`` / ``negative`` (COVIDx v7B+ and
+CXR-3/4, binary COVID-19). Images are in ``train/``, ``val/``, ``test/`` next to the files.
+
+Labels (own vocabulary, 1 / 0 / NaN)
+------------------------------------
+========================  ============  =============  ==========
+class                     ``COVID-19``  ``pneumonia``  ``normal``
+========================  ============  =============  ==========
+``COVID-19`` / positive   1             0 / NaN        False
+``pneumonia``             0             1              False
+``normal``                0             0              True
+``negative``              0             NaN            False
+========================  ============  =============  ==========
+
+``pneumonia`` means non-COVID-19 pneumonia (the 3-class scheme); in the binary scheme it is
+unknown (NaN). Class names are case-insensitive; any other class raises
+:class:`ManifestError` naming the file and line. ``split`` from the file name; ``id``
+``"covidx/<stem>"``; ``patient_id`` = first field; extra ``source``. The same file name in
+two split files raises (a leak). COVIDx re-uses RSNA / NIH / Figure1 / Actualmed images:
+do not combine it with those sets without a duplicate check
+(:func:`leader.datasets.splits.duplicate_groups`).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from leader.errors import ManifestError
+from leader.manifest import Manifest
+
+from ._common import as_root, check_on_error, find_first, stored_sizes, table_manifest
+
+__all__ = ["read_covidx", "COVIDX_CLASSES"]
+
+#: class (lower case) -> (COVID-19, pneumonia, normal)
+COVIDX_CLASSES = {
+    "covid-19": (1.0, 0.0, False), "covid19": (1.0, 0.0, False), "covid": (1.0, 0.0, False),
+    "positive": (1.0, np.nan, False),
+    "pneumonia": (0.0, 1.0, False),
+    "normal": (0.0, 0.0, True),
+    "negative": (0.0, np.nan, False),
+}
+
+
+def _split_of(p: Path) -> str:
+    s = p.stem.lower()
+    for key, split in (("train", "train"), ("val", "val"), ("test", "test")):
+        if s.startswith(key) or f"_{key}" in s:
+            return split
+    raise ManifestError(f"{p}: cannot tell the split from the file name (expected train / val / test in it)")
+
+
+def read_covidx(
+    root: str | os.PathLike,
+    metadata: str | os.PathLike | Sequence[str | os.PathLike] | None = None,
+    *,
+    check_files: bool = True,
+    on_error: str = "raise",
+) -> Manifest:
+    """Read COVIDx under ``root`` (dataset ``covidx``); see the module docstring.
+
+    Args:
+        metadata: split ``.txt`` files; default ``train*.txt``, ``val*.txt``, ``test*.txt``
+            directly in ``root``.
+
+    Raises:
+        ManifestError: no split file, a line with fewer than 3 fields, an unknown class,
+            a file name listed twice (names file and line).
+    """
+    check_on_error(on_error)
+    root = as_root(root)
+    if metadata is None:
+        files = find_first(root, ["train*.txt", "val*.txt", "test*.txt"], max_depth=0)
+        if not files:
+            raise ManifestError(f"{root}: no COVIDx split file (train.txt / test.txt) found")
+        files = sorted(files, key=lambda f: (["train", "val", "test"].index(_split_of(f)), str(f)))
+    else:
+        files = [Path(metadata)] if isinstance(metadata, (str, os.PathLike)) else [Path(f) for f in metadata]
+    rows = []
+    seen: dict[str, str] = {}
+    for f in files:
+        split = _split_of(f)
+        try:
+            text = Path(f).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{f}: cannot read COVIDx split file: {e}") from None
+        for line_no, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            parts = line.split()
+            if len(parts) < 3:
+                raise ManifestError(f"{f}: line {line_no}: expected '<patient id> <file name> <class> [<source>]', "
+                                    f"got {line!r}")
+            pid, fn, cls = parts[0], parts[1], parts[2]
+            src = " ".join(parts[3:])
+            key = cls.strip().lower()
+            if key not in COVIDX_CLASSES:
+                raise ManifestError(f"{f}: line {line_no}: unknown class {cls!r} "
+                                    f"(expected normal / pneumonia / COVID-19 / positive / negative)")
+            where = f"{f}: line {line_no}"
+            if fn in seen:
+                raise ManifestError(f"{where}: {fn!r} already listed at {seen[fn]}")
+            seen[fn] = where
+            rows.append((pid, fn, key, src, split))
+    n = len(rows)
+    paths = []
+    for pid, fn, key, src, split in rows:
+        cands = [root / split / fn, root / fn, root / "images" / fn]
+        p = next((c for c in cands if (c.parent.is_dir() and c.exists())), None) if check_files else None
+        paths.append(str(p or cands[0]))
+    stems = [os.path.splitext(r[1])[0] for r in rows]
+    ids = np.array([f"covidx/{s}" for s in stems], dtype=object)
+    if len(set(ids.tolist())) != n:
+        ids = np.array([f"covidx/{r[4]}/{s}" for r, s in zip(rows, stems)], dtype=object)
+    w, h, sp_mm, keep = stored_sizes("covidx", root, ids, np.asarray(paths, dtype=object), check_files, on_error)
+    vals = np.array([COVIDX_CLASSES[r[2]][:2] for r in rows], dtype=np.float32).reshape(n, 2)
+    return table_manifest(ids=ids, paths=paths, dataset="covidx", split=np.array([r[4] for r in rows], dtype=object),
+                          patient_id=[r[0] for r in rows], width=w, height=h, pixel_spacing=sp_mm, view="UNKNOWN",
+                          normal=np.array([COVIDX_CLASSES[r[2]][2] for r in rows], dtype=bool),
+                          labels={"COVID-19": vals[:, 0], "pneumonia": vals[:, 1]},
+                          extras={"source": np.array([r[3] for r in rows], dtype=object),
+                                  "covidx_class": np.array([r[2] for r in rows], dtype=object)},
+                          keep=keep)
