@@ -6,12 +6,22 @@
 * :class:`ModuleTeacher` — any ``nn.Module`` / timm model with local weights;
   :func:`save_teacher` / :meth:`ModuleTeacher.from_checkpoint_dir` for fitted experts.
 * :class:`EmbeddingStoreTeacher` — precomputed (API-only) expert embeddings looked up by id.
+* Real-world experts: :func:`load_adam` (Adam v1/v2 checkpoints), :func:`load_xrv`
+  (torchxrayvision), :func:`load_hf` (RAD-DINO / any HF vision encoder),
+  :func:`load_torchscript_teacher` / :class:`OnnxTeacher`, and
+  :func:`import_cxr_foundation` (Google CXR Foundation / ELIXR outputs -> embedding store).
+* :func:`load_checkpoint_object` — the safe weights reader (no pickled code ever runs).
 """
 
 from ..errors import TeacherInputError
 from .base import IMAGENET_MEAN, IMAGENET_SPEC, IMAGENET_STD, XRV_SPEC, InputSpec, Teacher
 from .module import ModuleTeacher, read_state_dict, save_teacher
 from .store_teacher import EmbeddingStoreTeacher
+from .adam import load_adam, read_adam_state_dict
+from .cxr_foundation import import_cxr_foundation, read_cxr_foundation
+from .exported import OnnxTeacher, UnsafeCheckpointError, load_checkpoint_object, load_torchscript_teacher
+from .hf import load_hf
+from .xrv import load_xrv
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -25,4 +35,14 @@ __all__ = [
     "EmbeddingStoreTeacher",
     "save_teacher",
     "read_state_dict",
+    "load_adam",
+    "read_adam_state_dict",
+    "load_xrv",
+    "load_hf",
+    "load_torchscript_teacher",
+    "OnnxTeacher",
+    "import_cxr_foundation",
+    "read_cxr_foundation",
+    "load_checkpoint_object",
+    "UnsafeCheckpointError",
 ]
