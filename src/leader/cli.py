@@ -92,14 +92,20 @@ def _cmd_train(a) -> int:
     from leader.manifest import Manifest  # noqa: PLC0415
     from leader.models.student import LeaderModel  # noqa: PLC0415
     from leader.patches import ImageDataset, PairDataset, disease_patches, healthy_patches  # noqa: PLC0415
+    from leader.teachers.cache import apply_teacher_cache  # noqa: PLC0415
     from leader.teachers.spec import parse_teacher_args  # noqa: PLC0415
+    from leader.train import distributed as D  # noqa: PLC0415
     from leader.train.loop import Trainer  # noqa: PLC0415
     from leader.transforms import PairedAugment  # noqa: PLC0415
 
     cfg = load_config(a.config, a.overrides)
     teachers = parse_teacher_args(a.teacher)
-    m = Manifest.load(a.manifest)
-    train = m.subset((m.df["split"] == "train").to_numpy())
+    caches = dict(cfg.get("teacher_cache") or {})
+    caches.update(dict(item.split("=", 1) for item in a.teacher_cache if "=" in item))
+    bad = [item for item in a.teacher_cache if "=" not in item]
+    if bad:
+        raise ValueError(f"--teacher-cache {bad[0]!r} must look like NAME=DIR")
+    teachers = apply_teacher_cache(teachers, caches)
     sc = cfg["student"]
     S = int(sc["img_size"])
     model = LeaderModel.for_teachers(teachers, backbone=sc["backbone"], img_size=S, hidden_dim=sc.get("hidden_dim"),
@@ -109,37 +115,85 @@ def _cmd_train(a) -> int:
     if cfg["augment"].get("enabled", True):
         aug = PairedAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["augment"].items()
                                if k != "enabled"})
-    pc = cfg["patches"]
-    dis, _ = disease_patches(train, margin=pc["margin"], min_size=pc["min_size"], on_bad_box=pc["on_bad_box"])
-    hea = healthy_patches(train, n_per_image=pc["healthy_per_image"], size_frac=tuple(pc["healthy_size_frac"]),
-                          seed=int(cfg["seed"]))
-    pairs = pd.concat([dis, hea], ignore_index=True)
-    stage2 = PairDataset(train, pairs, S, transform=aug) if len(pairs) and not a.stage1_only else None
+    if a.shards:
+        from leader.shards import ShardImageDataset, ShardPairDataset, ShardStream  # noqa: PLC0415
+
+        if a.stream:
+            buf = int(cfg.get("shuffle_buffer", 2000))
+            stage1 = ShardStream(a.shards, "image", transform=aug, shuffle_buffer=buf)
+            stage2 = ShardStream(a.shards, "pair", transform=aug, shuffle_buffer=buf)
+        else:
+            stage1 = ShardImageDataset(a.shards, transform=aug)
+            stage2 = ShardPairDataset(a.shards, transform=aug)
+        if stage1.image_size != S:
+            raise ValueError(f"shards are {stage1.image_size}x{stage1.image_size} but student.img_size is {S}")
+        stage2 = stage2 if len(stage2) and not a.stage1_only else None
+    else:
+        if not a.manifest:
+            raise ValueError("give --manifest (raw files) or --shards (leader data shard)")
+        m = Manifest.load(a.manifest)
+        train = m.subset((m.df["split"] == "train").to_numpy())
+        pc = cfg["patches"]
+        dis, _ = disease_patches(train, margin=pc["margin"], min_size=pc["min_size"], on_bad_box=pc["on_bad_box"])
+        hea = healthy_patches(train, n_per_image=pc["healthy_per_image"], size_frac=tuple(pc["healthy_size_frac"]),
+                              seed=int(cfg["seed"]))
+        pairs = pd.concat([dis, hea], ignore_index=True)
+        stage1 = ImageDataset(train, S, transform=aug)
+        stage2 = PairDataset(train, pairs, S, transform=aug) if len(pairs) and not a.stage1_only else None
     trainer = Trainer(model, teachers, cfg, a.out)
-    final = trainer.fit(ImageDataset(train, S, transform=aug), stage2, resume=a.resume)
-    print(f"final model -> {final}")
+    try:
+        final = trainer.fit(stage1, stage2, resume=a.resume)
+        if trainer.is_main:
+            print(f"final model -> {final}")
+    finally:
+        D.cleanup()
     return 0
 
 
 def _cmd_embed(a) -> int:
     import pandas as pd  # noqa: PLC0415
 
-    from leader.embed import embed_dataset, student_embed_fn  # noqa: PLC0415
-    from leader.manifest import Manifest  # noqa: PLC0415
+    from leader.embed import EmbeddingIndex, embed_dataset, student_embed_fn  # noqa: PLC0415
     from leader.models.checkpoint import load_model  # noqa: PLC0415
-    from leader.patches import ImageDataset, PatchDataset  # noqa: PLC0415
+    from leader.train import distributed as D  # noqa: PLC0415
 
-    model = load_model(a.checkpoint)
-    m = Manifest.load(a.manifest)
+    info, dev = D.setup(a.device)
+    model = load_model(a.checkpoint).to(dev)
     S = model.img_size
     dims = {"e_da": model.e_da_dim, **model.head_dims}
-    if a.patches:
-        ds = PatchDataset(m, pd.read_parquet(a.patches), S, transform=None)
+    if a.shards:
+        from leader.shards import ShardImageDataset, ShardPatchDataset  # noqa: PLC0415
+
+        ds = ShardPatchDataset(a.shards) if a.shard_patches else ShardImageDataset(a.shards)
+        if ds.image_size != S:
+            raise ValueError(f"shards are {ds.image_size}x{ds.image_size} but the model takes {S}x{S}")
+        source = {"shards": str(a.shards)}
     else:
-        ds = ImageDataset(m, S, transform=None)
-    store = embed_dataset(student_embed_fn(model), ds, a.out, dims, batch_size=a.batch_size,
-                          meta={"checkpoint": str(a.checkpoint), "manifest": str(a.manifest)})
-    print(f"{len(store)} embeddings ({', '.join(f'{k}: {d}' for k, d in dims.items())}) -> {a.out}")
+        if not a.manifest:
+            raise ValueError("give --manifest or --shards")
+        from leader.manifest import Manifest  # noqa: PLC0415
+        from leader.patches import ImageDataset, PatchDataset  # noqa: PLC0415
+
+        m = Manifest.load(a.manifest)
+        if a.patches:
+            ds = PatchDataset(m, pd.read_parquet(a.patches), S, transform=None)
+        else:
+            ds = ImageDataset(m, S, transform=None)
+        source = {"manifest": str(a.manifest)}
+    try:
+        store = embed_dataset(student_embed_fn(model), ds, a.out, dims, batch_size=a.batch_size,
+                              num_workers=a.num_workers, device=dev, precision=a.precision,
+                              flush_every=a.flush_every, store_dtype=a.store_dtype,
+                              channels_last=dev.type == "cuda",
+                              meta={"checkpoint": str(a.checkpoint), **source})
+        if info.is_main:
+            print(f"{len(store)} embeddings ({', '.join(f'{k}: {d}' for k, d in dims.items())}) -> {a.out}")
+            if a.index:
+                idx = EmbeddingIndex.from_store(store, a.index_key, kind=a.index)
+                path = idx.save(Path(a.out) / f"index-{a.index_key}-{a.index}")
+                print(f"{a.index} index of {len(idx)} {a.index_key} vectors -> {path}")
+    finally:
+        D.cleanup()
     return 0
 
 
@@ -172,22 +226,38 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(f, default="demo-quick")
     f.set_defaults(func=_cmd_fit)
 
-    tr = sub.add_parser("train", help="two-stage distillation (Algorithm 1)")
-    tr.add_argument("--manifest", required=True)
+    tr = sub.add_parser("train", help="two-stage distillation (Algorithm 1); one process or torchrun")
+    tr.add_argument("--manifest", default=None, help="manifest (raw image files; train split)")
+    tr.add_argument("--shards", default=None, help="shard folder from leader data shard (instead of --manifest)")
+    tr.add_argument("--stream", action="store_true",
+                    help="stream the shards sequentially (network filesystems) instead of random access")
     tr.add_argument("--teacher", action="append", required=True, metavar="NAME=PATH",
                     help="disease=DIR, anatomy=DIR (teacher folder, embedding store, or timm:ARCH[:WEIGHTS])")
+    tr.add_argument("--teacher-cache", action="append", default=[], metavar="NAME=DIR",
+                    help="read this teacher's embeddings from its cache (leader teachers cache); repeatable")
     tr.add_argument("--out", required=True)
     tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
     tr.add_argument("--stage1-only", action="store_true")
     _add_config(tr)
     tr.set_defaults(func=_cmd_train)
 
-    e = sub.add_parser("embed", help="write E_DA, E'_D, E'_A for every manifest row (or patch) to a store")
+    e = sub.add_parser("embed", help="write E_DA, E'_D, E'_A for every manifest row (or patch) to a store; "
+                                     "one process or torchrun")
     e.add_argument("--checkpoint", required=True, help="model folder (model.safetensors + config.json)")
-    e.add_argument("--manifest", required=True)
+    e.add_argument("--manifest", default=None)
+    e.add_argument("--shards", default=None, help="read the images from a shard folder instead")
+    e.add_argument("--shard-patches", action="store_true", help="with --shards: embed the stored patches")
     e.add_argument("--out", required=True)
     e.add_argument("--patches", default=None, help="patch table (Parquet) to embed instead of whole images")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--num-workers", type=int, default=0)
+    e.add_argument("--device", default="auto")
+    e.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
+    e.add_argument("--flush-every", type=int, default=4096, help="vectors per store shard")
+    e.add_argument("--store-dtype", default="float32", choices=("float32", "float16"))
+    e.add_argument("--index", default=None, choices=("exact", "ivf", "ivf-sq8", "hnsw"),
+                   help="also build a retrieval index (OUT/index-KEY-KIND)")
+    e.add_argument("--index-key", default="e_da")
     e.set_defaults(func=_cmd_embed)
     groups = {"data": data, "teachers": te}
     for name in EXTENSIONS:

@@ -1,4 +1,4 @@
-"""Two-stage LeADER distillation (paper Algorithm 1, Eq. 1-3).
+"""Two-stage LeADER distillation (paper Algorithm 1, Eq. 1-3), on one process or many.
 
 Stage 1 (Algorithm 1 lines 8-14) trains the student ``S_θ`` and the disease head ``h_θD`` on
 whole images against the disease teacher:  ``L = ℓ(E_D, E'_D)``.
@@ -10,11 +10,24 @@ Stage 2 (lines 15-27) trains the student and *all* heads jointly on image/patch 
 The same augmented view of each sample goes to the student and to every teacher. Teachers are
 frozen; only the student and the heads are optimised (AdamW, paper §4).
 
-Resuming: a checkpoint (``checkpoints/last``) holds the model (safetensors + JSON config) and
-the training state (optimizer, position) loaded with ``torch.load(weights_only=True)``.
-Samplers are seeded per (stage, epoch) and the RNG of every step is seeded by its position,
-so a resumed run continues with exactly the batches and random draws that were left (exact
-with ``num_workers=0``; with worker processes the augmentation draws after a resume differ).
+Scale (``docs/distributed.md``): the same loop runs as one process or as ``torchrun``
+processes (PyTorch DDP; NCCL on GPUs, gloo on CPUs). ``stageN.batch_size`` is the *global*
+batch; it is split over ranks and ``grad_accum`` micro-steps (:mod:`leader.train.distributed`),
+so a run with ``W`` processes computes the same steps as one process. Heads that a stage does
+not train are frozen for that stage before the DDP wrapper is built (field report BR-26: no
+"unused parameter" error or hang in stage 1); any other trainable parameter that gets no
+gradient is an error that names it. bf16 autocast, ``channels_last`` and ``torch.compile``
+are options of the config. Data comes from a map-style dataset (raw files:
+:class:`leader.patches.ImageDataset` / ``PairDataset``, or random-access shards) read through a
+per-rank sampler, or from a streaming shard dataset (:class:`leader.shards.ShardStream`).
+
+Resuming: a checkpoint (``checkpoints/last``, written by rank 0 only) holds the model
+(safetensors + JSON config) and the training state (optimizer, position) loaded with
+``torch.load(weights_only=True)``. The position counts *global* samples, epochs are seeded
+per (stage, epoch) and each sample's augmentation is seeded by (seed, stage, epoch, index),
+so a resumed run continues with exactly the batches and views that were left, with any
+number of DataLoader workers and at any world size (streaming shards: exact at the same world
+size and worker count, approximate otherwise).
 """
 
 from __future__ import annotations
@@ -26,13 +39,17 @@ import math
 import os
 import shutil
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
+from itertools import islice
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
+
+from leader.train import distributed as D
+from leader.train.views import ViewDataset, ViewPolicy
 
 from leader.losses import make_loss
 from leader.models.checkpoint import load_model, save_model
@@ -156,17 +173,46 @@ def epoch_mean_losses(rows: list[dict], stage: int) -> list[float]:
     return [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
 
 
+class _NullLog:
+    """The loss log of ranks other than 0 (they compute the same global numbers)."""
+
+    def write(self, row: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _Stopped(Exception):
+    """``max_steps`` reached: a checkpoint was written and training stops early."""
+
+
+def _opt(cfg: Mapping, key: str, default=None):
+    v = cfg.get(key, default)
+    return default if v is None else v
+
+
 class Trainer:
-    """Runs Algorithm 1 for one student and a dict of frozen teachers.
+    """Runs Algorithm 1 for one student and a dict of frozen teachers, on one process or many.
 
     Args:
         model: the student with one head per teacher (keys of ``teachers``).
         teachers: ``{head_name: Teacher}``; ``teachers[stage1_head]`` is the disease expert.
         cfg: merged config (see ``configs/paper.yaml``): ``optim``, ``stage1``, ``stage2``,
-            ``loss``, ``precision``, ``seed``, ``num_workers``, ``checkpoint_every``.
-        out_dir: run folder; gets ``losses.csv``, ``checkpoints/last``, ``stage1/``, ``final/``.
-        device: torch device.
+            ``loss``, ``precision``, ``seed``, ``num_workers``, ``checkpoint_every``; optional
+            scale settings (``docs/distributed.md``): ``grad_accum`` (or per stage
+            ``stageN.grad_accum`` / ``stageN.micro_batch_size``), ``channels_last``
+            (``auto``: on for CUDA), ``compile`` (``torch.compile`` the student),
+            ``distributed: {backend, timeout_s, find_unused_parameters, static_graph,
+            broadcast_buffers}``, ``teacher_views`` (``auto`` | ``online``), ``max_steps``
+            (stop after this many optimizer steps with a checkpoint, e.g. before a job's time
+            limit), ``prefetch_factor``.
+        out_dir: run folder; gets ``losses.csv``, ``checkpoints/last``, ``stage1/``, ``final/``
+            (written by rank 0).
+        device: torch device; default from ``cfg["device"]`` (``cuda:LOCAL_RANK`` under torchrun).
         stage1_head: name of the disease head/teacher used in stage 1 (default ``disease``).
+
+    Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here.
 
     Raises:
         ValueError: a teacher without a matching head or with a different width (BR-24).
@@ -183,24 +229,78 @@ class Trainer:
     ):
         self.model, self.teachers, self.cfg = model, dict(teachers), cfg
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
-        self.device = device or pick_device(cfg.get("device", "auto"))
+        dcfg = dict(cfg.get("distributed") or {})
+        self.dist, dev = D.setup(device if device is not None else cfg.get("device", "auto"),
+                                 backend=str(dcfg.get("backend", "auto")),
+                                 timeout_s=float(dcfg.get("timeout_s", 1800)))
+        self.device = dev
+        self.is_main = self.dist.is_main
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
         self.stage1_head = stage1_head
         if stage1_head not in self.teachers:
             raise ValueError(f"stage 1 needs a teacher named {stage1_head!r}; have {sorted(self.teachers)}")
         model.check_teacher_dims(self.teachers)
         self.loss_fn = make_loss(cfg.get("loss", "mse"))
         self.model.to(self.device)
+        cl = cfg.get("channels_last", "auto")
+        self.channels_last = (self.device.type == "cuda") if cl in ("auto", None) else bool(cl)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         for t in self.teachers.values():
             if hasattr(t, "to"):
                 t.to(self.device)
+            mod = getattr(t, "module", None)
+            if self.channels_last and isinstance(mod, torch.nn.Module):
+                mod.to(memory_format=torch.channels_last)
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         o = cfg["optim"]
+        extra = {"fused": True} if self.device.type == "cuda" and o.get("fused", True) else {}
         self.optimizer = torch.optim.AdamW(
             _param_groups(model, float(o.get("weight_decay", 0.05))),
-            lr=float(o["lr"]), betas=tuple(o.get("betas", (0.9, 0.999))),
+            lr=float(o["lr"]), betas=tuple(o.get("betas", (0.9, 0.999))), **extra,
         )
-        self.position = {"stage": STAGE1, "epoch": 0, "sample": 0, "step": 0}
+        self.position = {"stage": STAGE1, "epoch": 0, "sample": 0, "step": 0, "epoch_step": 0}
+        self.layout: dict = {}
         self.ckpt_dir = self.out / "checkpoints"
+        self.views = self._view_policy()
+        self._net = self._ddp = None
+
+    # ------------------------------------------------------------------ views
+    def _view_policy(self) -> ViewPolicy:
+        """Random views with online teachers; fixed/plain views when cached teachers need them."""
+        from leader.teachers.cache import teacher_view_info  # noqa: PLC0415
+
+        if str(self.cfg.get("teacher_views", "auto")) == "online":
+            return ViewPolicy("random")
+        infos = {n: teacher_view_info(t) for n, t in self.teachers.items()}
+        infos = {n: i for n, i in infos.items() if i is not None}
+        if not infos:
+            return ViewPolicy("random")
+        views = {n: int(i["views"]) for n, i in infos.items()}
+        n_views = min(views.values())
+        if n_views == 0:
+            log.warning("cached teacher(s) %s hold un-augmented views only: training without augmentation "
+                        "(set teacher_views: online to augment anyway, or cache --views N)", sorted(infos))
+            return ViewPolicy("plain", info=infos)
+        seeds = {int(i["view_seed"]) for i in infos.values()}
+        augs = {json.dumps(i["augment"], sort_keys=True) for i in infos.values()}
+        if len(seeds) > 1 or len(augs) > 1:
+            raise ValueError(f"cached teachers {sorted(infos)} were built with different view seeds or "
+                             "augmentations; rebuild them with the same --views/--view-seed/config")
+        from leader.transforms import PairedAugment  # noqa: PLC0415
+
+        info = next(iter(infos.values()))
+        aug = PairedAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["augment"].items()})
+        size = info.get("image_size")
+        if size is not None and int(size) != int(getattr(self.model, "img_size", size)):
+            raise ValueError(f"teacher cache was built at {size}x{size} but the student takes "
+                             f"{self.model.img_size}x{self.model.img_size}")
+        if len(set(views.values())) > 1:
+            log.warning("cached teachers hold %s augmented views; using the first %d", views, n_views)
+        return ViewPolicy("cached", augment=aug, n_views=n_views, view_seed=seeds.pop(), info=infos)
 
     # ------------------------------------------------------------------ schedule
     def _lr_at(self, step_in_stage: int, total_in_stage: int) -> float:
@@ -214,25 +314,29 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/last`` atomically (tmp folder + rename)."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.ckpt_dir / "last.tmp"
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        save_model(self.model, tmp, extra={"position": self.position})
-        state = {
-            "optimizer": self.optimizer.state_dict(),
-            "position": dict(self.position),
-        }
-        torch.save(state, tmp / "training_state.pt")
-        last, old = self.ckpt_dir / "last", self.ckpt_dir / "last.old"
-        if old.exists():
-            shutil.rmtree(old)
-        if last.exists():
-            os.replace(last, old)
-        os.replace(tmp, last)
-        if old.exists():
-            shutil.rmtree(old)
+        """Write ``checkpoints/last`` atomically (tmp folder + rename) on rank 0; all ranks wait."""
+        last = self.ckpt_dir / "last"
+        if self.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            tmp = self.ckpt_dir / "last.tmp"
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            save_model(self.model, tmp, extra={"position": self.position})
+            state = {
+                "optimizer": self.optimizer.state_dict(),
+                "position": dict(self.position),
+                "layout": dict(self.layout),
+            }
+            torch.save(state, tmp / "training_state.pt")
+            old = self.ckpt_dir / "last.old"
+            if old.exists():
+                shutil.rmtree(old)
+            if last.exists():
+                os.replace(last, old)
+            os.replace(tmp, last)
+            if old.exists():
+                shutil.rmtree(old)
+        D.barrier()
         return last
 
     def latest_checkpoint(self) -> Path | None:
@@ -243,16 +347,29 @@ class Trainer:
         return None
 
     def resume(self) -> bool:
-        """Load the latest checkpoint if there is one. Returns True when resumed."""
+        """Load the latest checkpoint if there is one (every rank). Returns True when resumed.
+
+        A checkpoint written at any world size resumes at any other: the model and the full
+        (unsharded) optimizer state are loaded everywhere and the position counts global samples.
+        """
         path = self.latest_checkpoint()
-        if path is None:
+        found = D.broadcast_object(str(path) if path is not None else None)
+        if found is None:
             return False
+        path = Path(found)
+        if not (path / "training_state.pt").is_file():
+            raise FileNotFoundError(f"rank {self.dist.rank}: checkpoint {path} written by rank 0 is not visible "
+                                    "here; the run folder must be on a filesystem shared by all nodes")
         loaded = load_model(path)
         self.model.load_state_dict(loaded.state_dict(), strict=True)
         self.model.to(self.device)
+        if self.channels_last:
+            self.model.to(memory_format=torch.channels_last)
         state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.position = {k: int(v) for k, v in state["position"].items()}
+        self.position.setdefault("epoch_step", 0)
+        self.layout = dict(state.get("layout") or {})
         log.info("resumed from %s at %s", path, self.position)
         return True
 
@@ -260,129 +377,275 @@ class Trainer:
     def _targets(self, x: torch.Tensor, ids: Sequence[str], names: Sequence[str]) -> dict:
         return {n: self.teachers[n].embed(x, ids=list(ids)).float() for n in names}
 
+    def _heads(self, stage: int) -> list[str]:
+        return [self.stage1_head] if stage == STAGE1 else list(self.teachers)
+
     def _step(self, stage: int, batch: dict) -> tuple[torch.Tensor, dict, int]:
+        """Forward one (micro-)batch: ``(mean loss over its real samples, parts, n real samples)``.
+
+        Padding samples (``batch["_valid"]`` false, only at the end of an epoch under
+        several processes) run through the networks (so every rank takes part in the
+        gradient all-reduce) but carry no loss.
+        """
         dev = self.device
+        net = self._net if self._net is not None else self.model
         if stage == STAGE1:
             x = batch["image"].to(dev, non_blocking=True)
             ids = list(batch["id"])
             n_img = x.shape[0]
-            heads = [self.stage1_head]
         else:
             xi = batch["image"].to(dev, non_blocking=True)
             xp = batch["patch"].to(dev, non_blocking=True)
             x = torch.cat([xi, xp])
             ids = list(batch["image_id"]) + list(batch["patch_id"])
             n_img = xi.shape[0]
-            heads = list(self.teachers)
+        valid = batch.get("_valid")
+        nv = n_img if valid is None else int(torch.as_tensor(valid).sum())
+        heads = self._heads(stage)
         with autocast_context(dev, self.cfg.get("precision", "bf16")):
             targets = self._targets(x, ids, heads)
-            out = self.model(x, heads=heads)
+            out = net(x, heads=heads)
         parts = {}
         total = None
         for h in heads:
             pred = out[h].float()
-            li = self.loss_fn(pred[:n_img], targets[h][:n_img])
-            parts[f"loss_{h}_image"] = li
-            term = li
-            if stage == STAGE2:
-                lp = self.loss_fn(pred[n_img:], targets[h][n_img:])
-                parts[f"loss_{h}_patch"] = lp
-                term = li + lp
+            if nv == 0:  # all padding: zero loss that still reaches every parameter in use
+                li = pred.sum() * 0.0
+                parts[f"loss_{h}_image"] = li
+                if stage == STAGE2:
+                    parts[f"loss_{h}_patch"] = li
+                term = li
+            else:
+                li = self.loss_fn(pred[:nv], targets[h][:nv])
+                parts[f"loss_{h}_image"] = li
+                term = li
+                if stage == STAGE2:
+                    lp = self.loss_fn(pred[n_img:n_img + nv], targets[h][n_img:n_img + nv])
+                    parts[f"loss_{h}_patch"] = lp
+                    term = li + lp
             total = term if total is None else total + term
-        return total, parts, x.shape[0]
+        return total, parts, nv
 
-    def _loader(self, dataset: Dataset, stage: int, epoch: int, start: int, batch_size: int) -> DataLoader:
+    @contextmanager
+    def _stage_net(self, stage: int):
+        """The network one stage trains: heads of other stages frozen, then DDP, then compile."""
+        heads = self._heads(stage)
+        frozen = [p for name, h in self.model.heads.items() if name not in heads
+                  for p in h.parameters() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        net = self.model
+        try:
+            if self.dist.distributed:
+                from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
+
+                dcfg = dict(self.cfg.get("distributed") or {})
+                net = self._ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                      find_unused_parameters=bool(dcfg.get("find_unused_parameters", False)),
+                                      static_graph=bool(dcfg.get("static_graph", False)),
+                                      broadcast_buffers=bool(dcfg.get("broadcast_buffers", True)))
+            if self.cfg.get("compile"):
+                net = torch.compile(net)
+            self._net = net
+            yield net
+        finally:
+            self._net = self._ddp = None
+            del net
+            for p in frozen:
+                p.requires_grad_(True)
+
+    def _check_grads(self, stage: int) -> None:
+        if bool((self.cfg.get("distributed") or {}).get("find_unused_parameters", False)):
+            return
+        unused = D.unused_parameters(self.model)
+        if unused:
+            shown = ", ".join(unused[:20]) + (f", ... ({len(unused)} in total)" if len(unused) > 20 else "")
+            raise RuntimeError(
+                f"stage {stage}: trainable parameter(s) received no gradient: {shown}. Freeze them "
+                "(requires_grad=False), make the forward use them, or set distributed.find_unused_parameters: "
+                "true (slower). Heads that a stage does not train are frozen automatically (BR-26).")
+
+    # ------------------------------------------------------------------ data
+    def _split(self, stage: int) -> tuple[int, int, int]:
+        scfg = self.cfg[f"stage{stage}"]
+        G = int(scfg["batch_size"])
+        A, mb = D.split_batch(G, self.dist.world_size, _opt(scfg, "grad_accum", _opt(self.cfg, "grad_accum", 1)),
+                              scfg.get("micro_batch_size"))
+        return G, A, mb
+
+    def _loader(self, dataset, stage: int, epoch: int, start: int, epoch_step: int) -> tuple[DataLoader, int]:
+        """This rank's micro-batches of one epoch from a position, and their number."""
         seed = int(self.cfg.get("seed", 0))
-        sampler = ResumableRandomSampler(len(dataset), seed, stage, epoch, start)
+        G, A, mb = self._split(stage)
         nw = int(self.cfg.get("num_workers", 0))
-        # worker seeds come from this generator, not from the global RNG
+        extra = {}
+        if nw:
+            extra = dict(prefetch_factor=int(self.cfg.get("prefetch_factor", 2)), persistent_workers=False)
+        pin = self.device.type == "cuda"
+        if hasattr(dataset, "rank_stream"):
+            skip = epoch_step * A
+            same = {"world": self.dist.world_size, "micro": mb, "workers": nw}
+            if epoch_step and self.layout and any(self.layout.get(k) != v for k, v in same.items()):
+                # another world size / micro-batch / worker count: continue at the same fraction
+                frac = start / max(1, len(dataset))
+                skip = int(frac * dataset.micro_batches_per_rank(self.dist.world_size, mb, nw))
+                log.warning("streaming data resumed with a different layout (%s -> %s): approximate position",
+                            self.layout, same)
+            ds = dataset.rank_stream(stage=stage, epoch=epoch, seed=seed, rank=self.dist.rank,
+                                     world_size=self.dist.world_size, micro_batch=mb, num_workers=nw,
+                                     skip_micro=skip, views=self.views)
+            n_micro = dataset.micro_batches_per_rank(self.dist.world_size, mb, nw) - skip
+            return DataLoader(ds, batch_size=None, num_workers=nw, pin_memory=pin, **extra), n_micro
+        sampler = D.RankBatchSampler(len(dataset), seed, stage, epoch, start, G,
+                                         self.dist.rank, self.dist.world_size, A)
+        ds = ViewDataset(dataset, self.views, seed, stage, epoch)
         gen = torch.Generator().manual_seed(_step_seed(seed, stage, epoch * 1_000_003 + start))
-        return DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=nw, generator=gen,
-            drop_last=False, persistent_workers=False, pin_memory=self.device.type == "cuda",
-        )
+        return DataLoader(ds, batch_sampler=sampler, num_workers=nw, generator=gen, pin_memory=pin,
+                          **extra), len(sampler)
 
+    def _steps_per_epoch(self, dataset, stage: int) -> int:
+        G, A, mb = self._split(stage)
+        if hasattr(dataset, "rank_stream"):
+            nw = int(self.cfg.get("num_workers", 0))
+            return math.ceil(dataset.micro_batches_per_rank(self.dist.world_size, mb, nw) / A)
+        return math.ceil(len(dataset) / G)
+
+    # ------------------------------------------------------------------ loop
     def run_stage(self, stage: int, dataset: Dataset, log_file: LossLog) -> None:
         """Train one stage from the current position to its last epoch."""
         scfg = self.cfg[f"stage{stage}"]
-        epochs, bs = int(scfg["epochs"]), int(scfg["batch_size"])
+        epochs = int(scfg["epochs"])
         if len(dataset) == 0:
             raise ValueError(f"stage {stage}: the dataset is empty (no images / no image-patch pairs)")
-        steps_per_epoch = math.ceil(len(dataset) / bs)
+        G, A, mb = self._split(stage)
+        W = self.dist.world_size
+        steps_per_epoch = self._steps_per_epoch(dataset, stage)
         total = epochs * steps_per_epoch
         pos = self.position
-        start_epoch = pos["epoch"] if pos["stage"] == stage else 0
-        start_sample = pos["sample"] if pos["stage"] == stage else 0
+        here = pos["stage"] == stage
+        start_epoch = pos["epoch"] if here else 0
+        start_sample = pos["sample"] if here else 0
+        start_estep = pos.get("epoch_step", 0) if here else 0
+        if here and start_sample and not start_estep:  # checkpoint from before epoch_step existed
+            start_estep = math.ceil(start_sample / G)
         self.model.train()
-        step_in_stage = start_epoch * steps_per_epoch + math.ceil(start_sample / bs)
-        ckpt_every = int(self.cfg.get("checkpoint_every", 500))
+        step_in_stage = start_epoch * steps_per_epoch + start_estep
+        ckpt_every = int(self.cfg.get("checkpoint_every", 500) or 0)
+        max_steps = int(self.cfg.get("max_steps") or 0)
+        seed = int(self.cfg.get("seed", 0))
+        clip = self.cfg["optim"].get("grad_clip")
         bar = tqdm(total=total, initial=step_in_stage, desc=f"stage {stage}", unit="step",
-                   dynamic_ncols=True, disable=None)
-        for epoch in range(start_epoch, epochs):
-            seen = start_sample if epoch == start_epoch else 0
-            batches = iter(self._loader(dataset, stage, epoch, seen, bs))
-            while True:
-                # the RNG of each step (augmentation in the main process, drop-path) is a
-                # function of the position, so a resumed run draws exactly what it would have
-                torch.manual_seed(_step_seed(int(self.cfg.get("seed", 0)), stage, pos["step"]))
-                batch = next(batches, None)
-                if batch is None:
-                    break
-                t0 = time.perf_counter()
-                lr = self._lr_at(step_in_stage, total)
-                for g in self.optimizer.param_groups:
-                    g["lr"] = lr
-                loss, parts, n = self._step(stage, batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"stage {stage} epoch {epoch} step {pos['step']}: loss is {loss.item()} "
-                        f"(parts {{{', '.join(f'{k}: {v.item():.4g}' for k, v in parts.items())}}})"
-                    )
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                clip = self.cfg["optim"].get("grad_clip")
-                if clip:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
-                self.optimizer.step()
-                seen += n if stage == STAGE1 else n // 2
-                step_in_stage += 1
-                pos.update(stage=stage, epoch=epoch, sample=seen, step=pos["step"] + 1)
-                dt = time.perf_counter() - t0
-                row = {"stage": stage, "epoch": epoch, "step": pos["step"], "loss": loss.item(),
-                       "lr": lr, "samples_per_s": n / max(dt, 1e-9), "time": time.time()}
-                row.update({k: v.item() for k, v in parts.items()})
-                log_file.write(row)
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch)
-                if ckpt_every and pos["step"] % ckpt_every == 0:
-                    self.save_checkpoint()
-            pos.update(epoch=epoch + 1, sample=0)
-            self.save_checkpoint()
+                   dynamic_ncols=True, disable=None if self.is_main else True)
+        checked = False
+        with self._stage_net(stage):
+            ddp = self._ddp  # no_sync lives on the DDP wrapper (also when it is compiled)
+            for epoch in range(start_epoch, epochs):
+                first = epoch == start_epoch
+                seen = start_sample if first else 0
+                estep = start_estep if first else 0
+                loader, _ = self._loader(dataset, stage, epoch, seen, estep)
+                self.layout = {"world": W, "micro": mb, "accum": A, "workers": int(self.cfg.get("num_workers", 0))}
+                batches = iter(loader)
+                while True:
+                    micro = list(islice(batches, A))
+                    if not micro:
+                        break
+                    t0 = time.perf_counter()
+                    lr = self._lr_at(step_in_stage, total)
+                    for g in self.optimizer.param_groups:
+                        g["lr"] = lr
+                    # the RNG of each step (drop-path, ...) is a function of the position (and rank)
+                    torch.manual_seed((_step_seed(seed, stage, pos["step"]) + self.dist.rank * 1_000_000_007)
+                                      % (2**63 - 1))
+                    counts = [int(torch.as_tensor(b["_valid"]).sum()) if "_valid" in b else len(b["image"])
+                              for b in micro]
+                    # real samples of this step over all ranks: each rank's loss is weighted by its
+                    # share, so the averaged gradient is the gradient of the global-batch mean
+                    n_glob = sum(counts)
+                    if W > 1:  # a device tensor: no host sync before the backward passes
+                        n_glob = D.all_reduce_sum(torch.tensor(float(n_glob), device=self._comm_device()))
+                        n_glob = n_glob.to(self.device).clamp_(min=1)
+                    self.optimizer.zero_grad(set_to_none=True)
+                    sums = None
+                    for m, b in enumerate(micro):
+                        sync = m == len(micro) - 1
+                        ctx = ddp.no_sync() if (ddp is not None and not sync) else nullcontext()
+                        with ctx:
+                            loss, parts, n = self._step(stage, b)
+                            (loss * (n * W / (n_glob if W > 1 else max(n_glob, 1)))).backward()
+                        vec = torch.stack([loss.detach().double()] + [v.detach().double() for v in parts.values()]) * n
+                        sums = vec if sums is None else sums + vec
+                    names = list(parts)
+                    if W > 1:
+                        sums = D.all_reduce_sum(sums.to(self._comm_device()))
+                        n_glob = int(round(float(n_glob.item())))
+                    means = (sums / max(n_glob, 1)).tolist()
+                    loss_v = means[0]
+                    if not math.isfinite(loss_v):
+                        raise FloatingPointError(
+                            f"stage {stage} epoch {epoch} step {pos['step']}: loss is {loss_v} "
+                            f"(parts {{{', '.join(f'{k}: {v:.4g}' for k, v in zip(names, means[1:]))}}})"
+                        )
+                    if not checked:
+                        self._check_grads(stage)
+                        checked = True
+                    if clip:
+                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+                    self.optimizer.step()
+                    seen += n_glob
+                    estep += 1
+                    step_in_stage += 1
+                    pos.update(stage=stage, epoch=epoch, sample=seen, step=pos["step"] + 1, epoch_step=estep)
+                    dt = time.perf_counter() - t0
+                    row = {"stage": stage, "epoch": epoch, "step": pos["step"], "loss": loss_v,
+                           "lr": lr, "samples_per_s": n_glob / max(dt, 1e-9), "time": time.time()}
+                    row.update(dict(zip(names, means[1:])))
+                    log_file.write(row)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss_v:.4f}", epoch=epoch)
+                    if ckpt_every and pos["step"] % ckpt_every == 0:
+                        self.save_checkpoint()
+                    if max_steps and pos["step"] >= max_steps:
+                        self.save_checkpoint()
+                        bar.close()
+                        raise _Stopped
+                pos.update(epoch=epoch + 1, sample=0, epoch_step=0)
+                self.save_checkpoint()
         bar.close()
+
+    def _comm_device(self) -> torch.device:
+        return self.device if self.dist.backend == "nccl" else torch.device("cpu")
 
     def fit(self, stage1_data: Dataset | None, stage2_data: Dataset | None, resume: bool = False) -> Path:
         """Run stage 1 then stage 2 (either may be ``None`` to skip it).
 
         Returns:
-            The folder of the final model (``out_dir/final``: safetensors + config.json).
+            The folder of the final model (``out_dir/final``: safetensors + config.json); when
+            ``max_steps`` stopped the run early, ``checkpoints/last`` (resume with ``resume=True``).
         """
         if resume:
             self.resume()
-        log_file = LossLog(self.out / "losses.csv", list(self.teachers))
+        log_file = LossLog(self.out / "losses.csv", list(self.teachers)) if self.is_main else _NullLog()
         try:
             if stage1_data is not None and self.position["stage"] <= STAGE1:
                 self.run_stage(STAGE1, stage1_data, log_file)
-                save_model(self.model, self.out / "stage1")
-                self.position.update(stage=STAGE2, epoch=0, sample=0)
+                if self.is_main:
+                    save_model(self.model, self.out / "stage1")
+                self.position.update(stage=STAGE2, epoch=0, sample=0, epoch_step=0)
                 self.save_checkpoint()
             elif self.position["stage"] < STAGE2:
-                self.position.update(stage=STAGE2, epoch=0, sample=0)
+                self.position.update(stage=STAGE2, epoch=0, sample=0, epoch_step=0)
             if stage2_data is not None:
                 self.run_stage(STAGE2, stage2_data, log_file)
+        except _Stopped:
+            log.info("max_steps=%s reached; stopped at %s", self.cfg.get("max_steps"), self.position)
+            return self.ckpt_dir / "last"
         finally:
             log_file.close()
         final = self.out / "final"
-        save_model(self.model, final, extra={"config": _jsonable(self.cfg)})
+        if self.is_main:
+            save_model(self.model, final, extra={"config": _jsonable(self.cfg)})
+        D.barrier()
         return final
 
 

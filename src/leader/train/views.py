@@ -1,0 +1,159 @@
+"""Which augmented view of a sample the student and the teachers see.
+
+LeADER feeds one view of each sample to the student *and* every teacher (paper §4). The view
+of sample ``i`` in epoch ``e`` of stage ``s`` is a function of ``(seed, s, e, i)`` only: the
+random generator is re-seeded for every sample, so the batches and views are the same for any
+number of processes, any number of DataLoader workers, and after a resume.
+
+With cached teachers (``leader teachers cache``) the view must be one whose teacher
+embedding was stored. :class:`ViewPolicy` has three modes:
+
+* ``random`` - a fresh random view per (epoch, sample) from the dataset's own transform;
+  teachers run online on it (the paper's setting).
+* ``plain`` - no augmentation: the un-augmented view, stored in every cache under the plain id.
+* ``cached`` - one of ``n_views`` fixed augmented views per sample, picked at random per
+  (epoch, sample); view ``k`` of id ``x`` is regenerated exactly from ``(view_seed, x, k)``
+  and the teachers are asked for id ``"x#aug{k}"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+import torch
+from torch.utils.data import Dataset
+
+__all__ = ["ViewPolicy", "ViewDataset", "view_id", "make_view", "sample_seed", "KEYS"]
+
+#: (tensor key, id key) pairs a dataset item may carry.
+KEYS = (("image", "id"), ("image", "image_id"), ("patch", "patch_id"))
+
+
+def _h(*parts: Any) -> int:
+    d = hashlib.blake2b("\x1f".join(map(str, parts)).encode("utf-8"), digest_size=8).digest()
+    return int.from_bytes(d, "little") & ((1 << 63) - 1)
+
+
+def sample_seed(seed: int, stage: int, epoch: int, index: Any, key: str = "") -> int:
+    """RNG seed of one sample's view (independent of world size, workers and resume)."""
+    return _h("sample", int(seed), int(stage), int(epoch), index, key)
+
+
+def view_id(sample_id: str, k: int) -> str:
+    """Id of fixed augmented view ``k`` of ``sample_id`` in a teacher cache."""
+    return f"{sample_id}#aug{int(k)}"
+
+
+def make_view(augment: Callable, x: torch.Tensor, seed: int) -> torch.Tensor:
+    """``augment(x)`` with the CPU generator seeded by ``seed``; other RNG state is restored."""
+    gen = torch.random.default_generator
+    state = gen.get_state()
+    try:
+        gen.manual_seed(int(seed))
+        out = augment(x)
+    finally:
+        gen.set_state(state)
+    return out.to(torch.float32).clamp_(0.0, 1.0)
+
+
+def fixed_view_seed(view_seed: int, sample_id: str, k: int) -> int:
+    return _h("view", int(view_seed), str(sample_id), int(k))
+
+
+@dataclass
+class ViewPolicy:
+    """How a sample becomes the view shared by student and teachers (module docstring).
+
+    Attributes:
+        mode: ``random`` | ``plain`` | ``cached``.
+        augment: the transform for ``cached`` mode (the one the cache was built with).
+        n_views: fixed views per sample in ``cached`` mode.
+        view_seed: the cache's view seed.
+    """
+
+    mode: str = "random"
+    augment: Callable | None = None
+    n_views: int = 0
+    view_seed: int = 0
+    info: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.mode not in ("random", "plain", "cached"):
+            raise ValueError(f"view mode must be random, plain or cached, got {self.mode!r}")
+        if self.mode == "cached" and (self.augment is None or self.n_views < 1):
+            raise ValueError("cached views need the cache's augmentation and n_views >= 1")
+
+    def pick(self, seed: int, stage: int, epoch: int, index: Any, key: str) -> int:
+        return sample_seed(seed, stage, epoch, index, key + "#k") % self.n_views
+
+    def apply(self, item: dict, transform: Callable | None, seed: int, stage: int, epoch: int,
+              index: Any) -> dict:
+        """Turn an **un-augmented** item into the training view (in place; returns it).
+
+        ``transform`` is the dataset's own augmentation (used in ``random`` mode)."""
+        done = set()
+        for tkey, ikey in KEYS:
+            if tkey not in item or ikey not in item or tkey in done:
+                continue
+            done.add(tkey)
+            if self.mode == "random":
+                if transform is not None:
+                    item[tkey] = make_view(transform, item[tkey], sample_seed(seed, stage, epoch, index, tkey))
+            elif self.mode == "cached":
+                k = self.pick(seed, stage, epoch, index, tkey)
+                sid = str(item[ikey])
+                item[tkey] = make_view(self.augment, item[tkey], fixed_view_seed(self.view_seed, sid, k))
+                item[ikey] = view_id(sid, k)
+        return item
+
+
+def _without_transform(dataset: Dataset) -> Dataset:
+    """A shallow copy of ``dataset`` whose ``transform`` is ``None`` (un-augmented items)."""
+    base = copy.copy(dataset)
+    base.transform = None
+    return base
+
+
+class ViewDataset(Dataset):
+    """Wraps a map-style dataset for one (stage, epoch): seeded views, padding flags.
+
+    ``ds[j]`` for ``j >= 0`` is item ``j`` of the base dataset in its training view with
+    ``"_valid": True``; ``j = -(i + 1)`` is item ``i`` again with ``"_valid": False`` (padding
+    of the last global batch, weight 0).
+
+    Datasets with a ``transform`` attribute (``ImageDataset``, ``PairDataset``, shard
+    datasets) get their views from :class:`ViewPolicy`; other datasets are called with the CPU
+    generator seeded per sample (their own randomness becomes reproducible too; ``plain`` and
+    ``cached`` modes need a ``transform`` attribute).
+    """
+
+    def __init__(self, base: Dataset, policy: ViewPolicy, seed: int, stage: int, epoch: int):
+        self.policy, self.seed, self.stage, self.epoch = policy, int(seed), int(stage), int(epoch)
+        self.has_transform = hasattr(base, "transform")
+        if not self.has_transform and policy.mode != "random":
+            raise ValueError(
+                f"{type(base).__name__} has no 'transform' attribute, so the {policy.mode!r} views that the "
+                "cached teachers need cannot be applied; build the dataset with transform=... or run "
+                "the teachers online")
+        self.transform = getattr(base, "transform", None)
+        self.base = _without_transform(base) if self.has_transform else base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, j: int) -> dict:
+        j = int(j)
+        valid = j >= 0
+        i = j if valid else -j - 1
+        if self.has_transform:
+            item = dict(self.base[i])
+            self.policy.apply(item, self.transform, self.seed, self.stage, self.epoch, i)
+        else:
+            gen = torch.random.default_generator
+            gen.manual_seed(sample_seed(self.seed, self.stage, self.epoch, i))
+            item = dict(self.base[i])
+        item["_valid"] = valid
+        return item
