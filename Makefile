@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 DATA   ?= ../shared/data/real-cxr
 OUT    ?= out/demo
 
-.PHONY: setup demo demo-full demo-phantoms test test-fast bench clean
+.PHONY: setup demo demo-full demo-phantoms test test-fast clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -3,15 +3,19 @@
 ::
 
     leader demo [--data-root DIR] --out DIR [--quick]          # everything, end to end
-    leader data index --root DIR --out manifest.parquet [--no-check-files]
-    leader data phantoms --out DIR [--n 60]
+    leader data index [--dataset NAME] --root DIR --out manifest.parquet [--no-check-files]
+    leader data split | phantoms | shard ...
     leader patches --manifest M --out DIR
     leader teachers fit --kind disease|anatomy --manifest M --out DIR [--config C] [--set k=v]
+    leader teachers import ... | cache ...
     leader train --manifest M --teacher disease=PATH --teacher anatomy=PATH --out DIR [--resume]
     leader embed --checkpoint DIR --manifest M --out STORE [--patches P.parquet]
+    leader eval anatomy|retrieval|probe|finetune|entanglement|ablation ...
+    leader export --checkpoint DIR --format timm|hf|onnx --out PATH
 
-Configs: ``--config`` takes a preset (``paper``, ``demo``, ``demo-quick``) or a YAML file;
-``--set key.sub=value`` overrides any value (repeatable).
+``leader COMMAND --help`` lists every option. Configs: ``--config`` takes a preset
+(``paper``, ``demo``, ``demo-quick``) or a YAML file; ``--set key.sub=value`` overrides any
+value (repeatable). ``train`` and ``embed`` run under ``torchrun`` unchanged.
 """
 
 from __future__ import annotations
