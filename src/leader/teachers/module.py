@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -63,21 +62,14 @@ def read_state_dict(
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        ValueError: the file cannot be loaded with ``weights_only=True``, or holds no tensor
-            dict (the message lists the top-level keys).
+        UnsafeCheckpointError: (a ``ValueError``) the file needs full unpickling; the message
+            explains how to convert it. Nothing in it is executed.
+        ValueError: the file holds no tensor dict (the message lists the top-level keys).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from .exported import load_checkpoint_object  # noqa: PLC0415  (one safe reader for every loader)
 
-        obj: Any = load_file(str(path), device="cpu")
-    else:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as exc:
-            raise ValueError(f"{path}: refused to load with torch.load(weights_only=True): {exc}") from exc
+    path = Path(path)
+    obj: Any = load_checkpoint_object(path)
     if state_dict_key:
         for part in state_dict_key.split("."):
             if not isinstance(obj, Mapping) or part not in obj:
