@@ -31,6 +31,7 @@ protocols use it; with ``cache_dir`` they are also written to a resumable
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -59,6 +60,28 @@ def _manifest_df(manifest) -> pd.DataFrame:
     return getattr(manifest, "df", manifest)
 
 
+_DATASETS: "OrderedDict[tuple, Dataset]" = OrderedDict()
+
+
+def _shared_dataset(df: pd.DataFrame, patches: pd.DataFrame | None, size: int) -> Dataset:
+    """One (pixel-caching) dataset per (images or patch table, size), shared by all sources, so that
+    several representations at the same input size decode each image once. The last 4 are kept
+    (each caches at most 256 MiB of resized pixels)."""
+    ids = tuple(map(str, df["id"])) + tuple(map(str, df["path"]))
+    key = (size, hash(ids), None if patches is None else
+           hash(tuple(map(str, patches["patch_id"]))) ^ hash(patches[["x0", "y0", "x1", "y1"]].to_numpy().tobytes()))
+    ds = _DATASETS.get(key)
+    if ds is None:
+        ds = (ImageDataset(df, size, transform=None, cache_bytes=256 << 20) if patches is None
+              else PatchDataset(df, patches, size, transform=None, cache_bytes=256 << 20))
+        _DATASETS[key] = ds
+        while len(_DATASETS) > 4:
+            _DATASETS.popitem(last=False)
+    else:
+        _DATASETS.move_to_end(key)
+    return ds
+
+
 class FeatureSource:
     """Base class: something that turns images / patches of a manifest into vectors.
 
@@ -84,12 +107,12 @@ class FeatureSource:
     def embed_images(self, manifest) -> dict[str, np.ndarray]:
         """``{key: float32 [N, dim]}`` for the manifest rows, in order."""
         df = _manifest_df(manifest)
-        ds = ImageDataset(df, self.img_size or 224, transform=None) if self.img_size else None
+        ds = _shared_dataset(df, None, self.img_size) if self.img_size else None
         return self.embed_dataset(ds, [str(i) for i in df["id"]])
 
     def embed_patches(self, manifest, patches: pd.DataFrame) -> dict[str, np.ndarray]:
         """``{key: float32 [P, dim]}`` for the rows of a patch table, in order."""
-        ds = PatchDataset(_manifest_df(manifest), patches, self.img_size, transform=None) if self.img_size else None
+        ds = _shared_dataset(_manifest_df(manifest), patches, self.img_size) if self.img_size else None
         return self.embed_dataset(ds, [str(i) for i in patches["patch_id"]])
 
     def representations(self, keys: Sequence[str] | None = None) -> list["Representation"]:
@@ -128,6 +151,7 @@ class ModelSource(FeatureSource):
         self.device = pick_device(device)
         self.module = module
         self.spec = spec
+        self.input_spec = None
         self._memo: dict[str, dict[str, np.ndarray]] = {}
 
     def default_keys(self) -> list[str]:
@@ -135,16 +159,16 @@ class ModelSource(FeatureSource):
 
     @torch.no_grad()
     def embed_dataset(self, dataset: Dataset, ids: Sequence[str]) -> dict[str, np.ndarray]:
+        if self.cache_dir is not None:
+            # the store is the memory: embeds only ids it lacks, reads rows on demand (large data)
+            store = embed_dataset(self.fn, dataset, self.cache_dir, self.dims, batch_size=self.batch_size,
+                                  device=self.device, precision=self.precision,
+                                  meta={"source": self.name, "spec": self.spec or "", "img_size": self.img_size},
+                                  desc=f"embed {self.name}")
+            return {k: store.get(list(ids), k) for k in self.dims}
         todo = [i for i, x in enumerate(ids) if x not in self._memo]
         if todo:
-            if self.cache_dir is not None:
-                store = embed_dataset(self.fn, Subset(dataset, todo), self.cache_dir, self.dims,
-                                      batch_size=self.batch_size, device=self.device, precision=self.precision,
-                                      meta={"source": self.name, "spec": self.spec or "", "img_size": self.img_size},
-                                      desc=f"embed {self.name}")
-                got = {k: store.get([ids[i] for i in todo], k) for k in self.dims}
-            else:
-                got = self._run(Subset(dataset, todo))
+            got = self._run(Subset(dataset, todo))
             for r, i in enumerate(todo):
                 self._memo[ids[i]] = {k: got[k][r] for k in self.dims}
         return {k: np.stack([self._memo[x][k] for x in ids]).astype(np.float32) if len(ids)
@@ -284,8 +308,10 @@ def student_source(path_or_model, name: str = "student", **kw) -> ModelSource:
 def teacher_source(teacher, name: str | None = None, kind: str = "teacher", **kw) -> ModelSource:
     """A :class:`~leader.teachers.Teacher` (embedded at its own input size)."""
     size = int(getattr(getattr(teacher, "input_spec", None), "size", 224))
-    return ModelSource(name or teacher.name, kind, teacher_embed_fn(teacher), {"embedding": teacher.dim}, size,
-                       module=getattr(teacher, "module", None), **kw)
+    src = ModelSource(name or teacher.name, kind, teacher_embed_fn(teacher), {"embedding": teacher.dim}, size,
+                      module=getattr(teacher, "module", None), **kw)
+    src.input_spec = getattr(teacher, "input_spec", None)
+    return src
 
 
 def timm_source(arch: str, weights: str | Path | None = None, name: str | None = None, *,

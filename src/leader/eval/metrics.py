@@ -180,5 +180,8 @@ def kmeans_nmi(emb: np.ndarray, labels: Sequence, seed: int = 0, n_init: int = 1
     k = len(set(lab.tolist()))
     if k < 2 or k > len(lab):
         return float("nan")
-    km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init).fit(l2_normalise(emb))
+    from threadpoolctl import threadpool_limits  # noqa: PLC0415
+
+    with threadpool_limits(limits=1):
+        km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init).fit(l2_normalise(emb))
     return float(normalized_mutual_info_score(lab, km.labels_))

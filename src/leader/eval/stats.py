@@ -135,7 +135,8 @@ def wide_table(table: pd.DataFrame, digits: int = 3, markdown: bool = True) -> p
         if r.best and markdown:
             cell = f"**{cell}**"
         elif np.isfinite(r.p_vs_best):
-            cell += f" (p={r.p_vs_best:.3g}{'*' if r.significant else ''})"
+            pv = "p<0.001" if r.p_vs_best < 0.001 else f"p={r.p_vs_best:.3g}"
+            cell += f" ({pv}{'*' if r.significant else ''})"
         rows.setdefault(r.method, {})[r.task] = cell
     tasks = list(dict.fromkeys(table["task"]))
     wide = pd.DataFrame.from_dict(rows, orient="index").reindex(columns=tasks).fillna("")
