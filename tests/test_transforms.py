@@ -80,3 +80,13 @@ def test_invalid_parameters_and_inputs():
         aug(torch.rand(2, 1, 8, 8))
     with pytest.raises(ValueError, match="float"):
         aug(torch.zeros(1, 8, 8, dtype=torch.uint8))
+
+
+def test_build_augment_none_when_disabled():
+    from leader.transforms import PairedAugment, build_augment
+
+    assert build_augment(None) is None
+    assert build_augment({"enabled": False, "degrees": 5.0}) is None
+    aug = build_augment({"enabled": True, "degrees": 5.0, "scale": [0.9, 1.1]})
+    assert isinstance(aug, PairedAugment)
+    assert aug.params["scale"] == (0.9, 1.1)

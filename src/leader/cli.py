@@ -100,7 +100,7 @@ def _cmd_train(a) -> int:
     from leader.teachers.spec import parse_teacher_args  # noqa: PLC0415
     from leader.train import distributed as D  # noqa: PLC0415
     from leader.train.loop import Trainer  # noqa: PLC0415
-    from leader.transforms import PairedAugment  # noqa: PLC0415
+    from leader.transforms import build_augment  # noqa: PLC0415
 
     cfg = load_config(a.config, a.overrides)
     teachers = parse_teacher_args(a.teacher)
@@ -115,10 +115,7 @@ def _cmd_train(a) -> int:
     model = LeaderModel.for_teachers(teachers, backbone=sc["backbone"], img_size=S, hidden_dim=sc.get("hidden_dim"),
                                      backbone_kwargs=sc.get("backbone_kwargs") or {},
                                      pretrained_file=sc.get("pretrained_file"))
-    aug = None
-    if cfg["augment"].get("enabled", True):
-        aug = PairedAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["augment"].items()
-                               if k != "enabled"})
+    aug = build_augment(cfg["augment"])
     if a.shards:
         from leader.shards import ShardImageDataset, ShardPairDataset, ShardStream  # noqa: PLC0415
 

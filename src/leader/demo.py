@@ -38,11 +38,10 @@ from leader.manifest import Manifest
 from leader.models.checkpoint import load_model
 from leader.models.student import LeaderModel
 from leader.patches import ImageDataset, PairDataset, PatchDataset, disease_patches, healthy_patches, landmark_patches
-from leader.store import EmbeddingStore
 from leader.teachers.fit import fit_anatomy_expert, fit_disease_expert
 from leader.teachers.module import ModuleTeacher
 from leader.train.loop import Trainer, epoch_mean_losses, read_losses
-from leader.transforms import PairedAugment
+from leader.transforms import build_augment
 from leader.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -265,8 +264,7 @@ def run_demo(data_root: str | Path | None, out_dir: str | Path, quick: bool = Fa
         model = LeaderModel.for_teachers(teachers, backbone=sc["backbone"], img_size=S,
                                          hidden_dim=sc.get("hidden_dim"), backbone_kwargs=sc.get("backbone_kwargs") or {},
                                          pretrained_file=sc.get("pretrained_file"))
-        aug = PairedAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["augment"].items()
-                               if k != "enabled"}) if cfg["augment"].get("enabled", True) else None
+        aug = build_augment(cfg["augment"])
         pair_patches = pd.concat([patches["disease"], patches["healthy"]], ignore_index=True)
         stage2 = PairDataset(train, pair_patches, S, transform=aug) if len(pair_patches) else None
         trainer = Trainer(model, teachers, cfg, sdir, device=torch.device("cpu") if cfg.get("device") == "cpu" else None)

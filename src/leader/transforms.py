@@ -125,3 +125,12 @@ def from_config(cfg: Mapping[str, Any] | None):
         raise ValueError(f"unknown augment option(s) {unknown}; known: {sorted(known)} and 'enabled'")
     kwargs = {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}
     return PairedAugment(**kwargs)
+
+
+def build_augment(cfg: Mapping[str, Any] | None) -> "PairedAugment | None":
+    """:func:`from_config`, but ``None`` (no transform at all) when augmentation is disabled.
+
+    This is what the trainer, the demo and the teacher-fit recipes pass as ``transform=``.
+    """
+    aug = from_config(cfg)
+    return None if isinstance(aug, Identity) else aug

@@ -89,7 +89,7 @@ def train_student(manifest: Manifest, teachers: Mapping, cfg: Mapping, out_dir: 
     from leader.models.student import LeaderModel  # noqa: PLC0415
     from leader.patches import ImageDataset, PairDataset, disease_patches, healthy_patches  # noqa: PLC0415
     from leader.train.loop import Trainer  # noqa: PLC0415
-    from leader.transforms import PairedAugment  # noqa: PLC0415
+    from leader.transforms import build_augment  # noqa: PLC0415
 
     out = Path(out_dir)
     final = out / "final"
@@ -101,10 +101,7 @@ def train_student(manifest: Manifest, teachers: Mapping, cfg: Mapping, out_dir: 
     model = LeaderModel.for_teachers(dict(teachers), backbone=sc["backbone"], img_size=S,
                                      hidden_dim=sc.get("hidden_dim"), backbone_kwargs=sc.get("backbone_kwargs") or {},
                                      pretrained_file=sc.get("pretrained_file"))
-    aug = None
-    if cfg["augment"].get("enabled", True):
-        aug = PairedAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg["augment"].items()
-                               if k != "enabled"})
+    aug = build_augment(cfg["augment"])
     pc = cfg["patches"]
     dis, _ = disease_patches(manifest, margin=pc["margin"], min_size=pc["min_size"], on_bad_box=pc["on_bad_box"])
     hea = healthy_patches(manifest, n_per_image=pc["healthy_per_image"], size_frac=tuple(pc["healthy_size_frac"]),

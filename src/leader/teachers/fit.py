@@ -39,7 +39,7 @@ from leader.patches import ImageDataset, PatchDataset, disease_patches, healthy_
 from leader.teachers.base import InputSpec
 from leader.teachers.module import save_teacher
 from leader.train.loop import autocast_context, pick_device
-from leader.transforms import PairedAugment
+from leader.transforms import build_augment
 from leader.utils import atomic_write_text
 
 
@@ -172,7 +172,7 @@ def fit_disease_expert(
         raise ValueError("disease expert: no label has both a positive and a negative example in the train split")
     y_img = train.labels_array()[:, [train.label_names.index(n) for n in names]]
     pc = dict(patches_cfg or {})
-    aug = PairedAugment(**_augment_kwargs(augment_cfg))
+    aug = build_augment(augment_cfg)
     parts: list[Dataset] = [_WithTargets(ImageDataset(train, img_size, transform=aug), y_img)]
     dis, _ = disease_patches(train, margin=pc.get("margin", 0.25), min_size=pc.get("min_size", 32),
                              on_bad_box=pc.get("on_bad_box", "skip"))
@@ -357,10 +357,3 @@ def fit_anatomy_expert(
                       "fractions of the image width/height"}
     atomic_write_text(out / "fit_report.json", json.dumps(report, indent=2))
     return out
-
-
-def _augment_kwargs(cfg: Mapping | None) -> dict:
-    cfg = dict(cfg or {})
-    cfg.pop("enabled", None)
-    keys = ("degrees", "translate", "scale", "hflip_p", "brightness", "contrast", "p_jitter")
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items() if k in keys}
