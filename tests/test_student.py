@@ -223,3 +223,15 @@ def test_load_training_state_refuses_malicious_pickle(tmp_path):
     with pytest.raises(ValueError, match="refused"):
         load_training_state(tmp_path / "evil.pt")
     assert not marker.exists()
+
+
+def test_load_model_names_a_missing_folder(tmp_path):
+    import pytest as _pytest
+
+    from leader.models.checkpoint import load_model
+
+    with _pytest.raises(FileNotFoundError, match="no such folder"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with _pytest.raises(FileNotFoundError, match="missing config.json"):
+        load_model(tmp_path / "empty")

@@ -18,6 +18,8 @@ the manifest, the student and both teachers when they are not given. Every comma
 
 from __future__ import annotations
 
+import json
+
 import argparse
 import shlex
 import sys
@@ -120,7 +122,13 @@ def _cmd_retrieval(a) -> int:
     q = _disease_patches(m)
     if not len(q):
         raise ValueError("no disease boxes in the data: retrieval needs diseased-patch queries")
-    df = run_retrieval(_reps(a), m, q, a.out, k=a.k, n_queries=a.queries, seed=a.seed, data=desc,
+    k = a.k
+    if k is None:  # the paper's K=100, or the K the demo used when evaluating a demo folder
+        k = 100
+        demo_metrics = Path(a.demo) / "metrics.json" if getattr(a, "demo", None) else None
+        if demo_metrics is not None and demo_metrics.is_file():
+            k = int(json.loads(demo_metrics.read_text()).get("retrieval_k", 100))
+    df = run_retrieval(_reps(a), m, q, a.out, k=k, n_queries=a.queries, seed=a.seed, data=desc,
                        command=_command_line())
     _print(df, Path(a.out), "retrieval")
     return 0
@@ -224,7 +232,8 @@ def register(subparsers, groups) -> None:
     p = sub.add_parser("retrieval", help="zero-shot disease retrieval: precision@K, query's own image excluded")
     _rep_args(p)
     _data_args(p)
-    p.add_argument("--k", type=int, default=100)
+    p.add_argument("--k", type=int, default=None,
+                   help="precision@K cut-off (default: 100 as in the paper; with --demo, the demo's K)")
     p.add_argument("--queries", type=int, default=None, help="random queries (seeded); default all")
     p.set_defaults(func=_cmd_retrieval)
 

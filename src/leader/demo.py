@@ -156,9 +156,9 @@ def _plot_losses(loss_csv: Path, path: Path) -> None:
             continue
         steps = [r["step"] for r in sr]
         ax.plot(steps, [r["loss"] for r in sr], lw=0.8, label="total")
-        for key in sr[0]:
-            if key.startswith("loss_") and not np.isnan(sr[0][key]):
-                ax.plot(steps, [r[key] for r in sr], lw=0.6, alpha=0.7, label=key[5:])
+        parts = [k for k in sr[0] if k.startswith("loss_") and not np.isnan(sr[0][k])]
+        for key in parts if len(parts) > 1 else []:  # one part alone is the total
+            ax.plot(steps, [r[key] for r in sr], lw=0.6, alpha=0.7, label=key[5:])
         ax.set_title(f"stage {stage}: " + ("disease branch, images" if stage == 1 else "both branches, image/patch pairs"),
                      fontsize=9)
         ax.set_xlabel("step")
@@ -209,7 +209,8 @@ def _retrieval_figure(m: Manifest, patches: pd.DataFrame, per_query: list, store
     for ax in axes:
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"zero-shot disease retrieval ({key}); green = image has {lab}", fontsize=9)
+    fig.suptitle(f"zero-shot disease retrieval ({key}): query cut from {prow['image_id']}, its top "
+                 f"{top.shape[1]} images (query's own image excluded); green = image has {lab}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -148,9 +148,11 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     """Return the parsed ``config.json`` of a model checkpoint (``{"model": ..., "extra": ...}``).
 
     Raises:
-        FileNotFoundError: no ``config.json``.
+        FileNotFoundError: the folder or its ``config.json`` does not exist.
         ValueError: not a LeADER model config.
     """
+    if not Path(directory).is_dir():
+        raise FileNotFoundError(f"model checkpoint {directory}: no such folder")
     cfg_file = Path(directory) / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"model checkpoint {directory}: missing config.json")
