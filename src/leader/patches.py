@@ -605,6 +605,21 @@ def _apply(transform, t: torch.Tensor) -> torch.Tensor:
     return out.to(torch.float32).clamp_(0.0, 1.0)
 
 
+def _whole(px: np.ndarray, size: int) -> np.ndarray:
+    """The whole ``[H, W]`` image resized (squashed) to ``[size, size]``."""
+    return crop(px, (0, 0, px.shape[1], px.shape[0]), size)
+
+
+def _cached(cache, key, make) -> np.ndarray:
+    """``cache[key]``, computed by ``make()`` and stored on a miss (``cache`` may be None)."""
+    arr = cache.get(key) if cache is not None else None
+    if arr is None:
+        arr = make()
+        if cache is not None:
+            cache.put(key, arr)
+    return arr
+
+
 class ImageDataset(Dataset):
     """Whole images of a manifest (Algorithm 1, lines 8-14), squashed to ``S x S``.
 
@@ -648,13 +663,7 @@ class ImageDataset(Dataset):
 
     def resized(self, index: int) -> np.ndarray:
         """Un-augmented float32 ``[S, S]`` image of row ``index`` (cached)."""
-        arr = self._cache.get(index) if self._cache is not None else None
-        if arr is None:
-            px = self._src.load(index)
-            arr = crop(px, (0, 0, px.shape[1], px.shape[0]), self.image_size)
-            if self._cache is not None:
-                self._cache.put(index, arr)
-        return arr
+        return _cached(self._cache, index, lambda: _whole(self._src.load(index), self.image_size))
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
@@ -714,13 +723,8 @@ class PatchDataset(Dataset):
 
     def resized(self, index: int) -> np.ndarray:
         """Un-augmented float32 ``[S, S]`` patch ``index`` (cached)."""
-        arr = self._cache.get(index) if self._cache is not None else None
-        if arr is None:
-            px = self._src.load(int(self._rows[index]))
-            arr = crop(px, tuple(self._regions[index]), self.image_size)
-            if self._cache is not None:
-                self._cache.put(index, arr)
-        return arr
+        return _cached(self._cache, index, lambda: crop(self._src.load(int(self._rows[index])),
+                                                        tuple(self._regions[index]), self.image_size))
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
@@ -756,14 +760,8 @@ class PairDataset(Dataset):
         return len(self._patches)
 
     def _image(self, row: int) -> np.ndarray:
-        key = ("image", row)
-        arr = self._img_cache.get(key) if self._img_cache is not None else None
-        if arr is None:
-            px = self._patches._src.load(row)
-            arr = crop(px, (0, 0, px.shape[1], px.shape[0]), self.image_size)
-            if self._img_cache is not None:
-                self._img_cache.put(key, arr)
-        return arr
+        return _cached(self._img_cache, ("image", row),
+                       lambda: _whole(self._patches._src.load(row), self.image_size))
 
     def __getitem__(self, index: int) -> dict:
         index = int(index)
