@@ -33,3 +33,37 @@ class BoxError(LeaderError, ValueError):
 
 class TeacherInputError(LeaderError, ValueError):
     """A batch violates a teacher's declared input contract (field report BR-05)."""
+
+
+class WriteError(LeaderError, OSError):
+    """Output could not be written: disk full, read-only filesystem, quota, permissions.
+
+    The message names the file being written, the operating-system reason and which earlier
+    result is still intact (``docs/RELIABILITY.md``). ``errno`` is the original error number.
+    """
+
+
+def write_error(exc: OSError, target: object, intact: str | None = None) -> WriteError:
+    """A :class:`WriteError` explaining ``exc`` (raised while writing ``target``).
+
+    Args:
+        exc: the original ``OSError`` (``ENOSPC``, ``EROFS``, ``EDQUOT``, ``EACCES``, ``EFBIG``...).
+        target: the file or folder that was being written.
+        intact: what is still good, e.g. ``"the previous checkpoint run/checkpoints/ckpt-000003"``.
+    """
+    import errno as _errno
+    import os as _os
+
+    hints = {
+        _errno.ENOSPC: "the disk is full",
+        getattr(_errno, "EDQUOT", -1): "the disk quota is exceeded",
+        _errno.EROFS: "the filesystem is read-only",
+        _errno.EACCES: "permission denied",
+        _errno.EPERM: "operation not permitted",
+        _errno.EFBIG: "the file is larger than allowed (file-size limit)",
+    }
+    code = exc.errno if exc.errno is not None else 0
+    what = hints.get(code, _os.strerror(code) if code else str(exc))
+    msg = f"could not write {target}: {what} ({exc})"
+    msg += f"; {intact} is intact" if intact else "; nothing earlier was overwritten"
+    return WriteError(code, msg)

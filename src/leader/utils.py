@@ -24,6 +24,8 @@ __all__ = [
     "atomic_write_text",
     "atomic_write_json",
     "read_json",
+    "atomic_dir",
+    "fsync_tree",
 ]
 
 
@@ -154,3 +156,50 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path}: invalid JSON: {exc}") from exc
+
+
+def fsync_tree(directory: str | os.PathLike) -> None:
+    """fsync every file under ``directory`` and the directories themselves (best effort)."""
+    directory = Path(directory)
+    for p in sorted(directory.rglob("*")):
+        if p.is_file():
+            with open(p, "rb+") as fh:
+                os.fsync(fh.fileno())
+    for d in [directory, *(p for p in directory.rglob("*") if p.is_dir())]:
+        _fsync_dir(d)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path``; on success it replaces ``path`` as a whole.
+
+    The body fills the temporary folder; on success every file is fsynced, an existing
+    ``path`` is renamed away, the temporary folder is renamed to ``path`` and the old one is
+    deleted. A crash inside the body leaves ``path`` untouched (plus a hidden
+    ``.<name>.*.tmp`` folder); a crash between the two renames leaves the complete new
+    folder under its hidden temporary name and the old one under ``.<name>.*.trash``.
+    A failing body removes the temporary folder and re-raises.
+
+    Yields:
+        :class:`pathlib.Path` of the (empty) temporary folder.
+    """
+    import shutil
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        os.chmod(tmp, 0o777 & ~_umask())
+        trash = None
+        if path.exists():
+            trash = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".trash"))
+            os.replace(path, trash)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
