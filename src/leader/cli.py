@@ -237,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--teacher-cache", action="append", default=[], metavar="NAME=DIR",
                     help="read this teacher's embeddings from its cache (leader teachers cache); repeatable")
     tr.add_argument("--out", required=True)
-    tr.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last")
+    tr.add_argument("--resume", action="store_true", help="continue from the newest complete checkpoint in OUT/checkpoints")
     tr.add_argument("--stage1-only", action="store_true")
     _add_config(tr)
     tr.set_defaults(func=_cmd_train)

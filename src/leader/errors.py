@@ -67,3 +67,21 @@ def write_error(exc: OSError, target: object, intact: str | None = None) -> Writ
     msg = f"could not write {target}: {what} ({exc})"
     msg += f"; {intact} is intact" if intact else "; nothing earlier was overwritten"
     return WriteError(code, msg)
+
+
+def as_os_error(exc: BaseException) -> OSError | None:
+    """``exc`` as an ``OSError`` when it reports an operating-system write/read failure.
+
+    Libraries with native writers do not always raise ``OSError``: safetensors raises
+    ``SafetensorError("... I/O error: File too large (os error 27)")``. This finds the errno in
+    such messages so that callers can report a full disk the same way whoever wrote the file.
+    Returns ``None`` for anything else.
+    """
+    import re as _re
+
+    if isinstance(exc, OSError):
+        return exc
+    m = _re.search(r"os error (\d+)", str(exc))
+    if m:
+        return OSError(int(m.group(1)), str(exc))
+    return None

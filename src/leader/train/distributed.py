@@ -159,6 +159,15 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def all_gather_object(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; small objects only)."""
+    if not info().distributed:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 def cleanup() -> None:
     """Destroy the default process group if one is initialised."""
     if dist.is_available() and dist.is_initialized():

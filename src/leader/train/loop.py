@@ -36,8 +36,6 @@ import csv
 import json
 import logging
 import math
-import os
-import shutil
 import time
 from contextlib import contextmanager, nullcontext
 from itertools import islice
@@ -48,7 +46,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from leader import faults
+from leader.errors import ImageReadError, WriteError
+from leader.utils import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from leader.train import distributed as D
+from leader.train.checkpoints import CheckpointDir
 from leader.train.views import ViewDataset, ViewPolicy
 
 from leader.losses import make_loss
@@ -122,12 +124,14 @@ class LossLog:
     """Per-step losses appended to ``losses.csv`` (flushed every row, survives crashes/resume),
     mirrored to TensorBoard when the ``tensorboard`` package is installed."""
 
-    def __init__(self, path: Path, head_names: Sequence[str]):
+    def __init__(self, path: Path, head_names: Sequence[str], keep_until_step: int | None = None):
         self.path = Path(path)
         self.fields = ["stage", "epoch", "step", "loss"]
         for h in head_names:
             self.fields += [f"loss_{h}_image", f"loss_{h}_patch"]
         self.fields += ["lr", "samples_per_s", "time"]
+        if keep_until_step is not None and self.path.exists():
+            self._truncate(int(keep_until_step))
         new = not self.path.exists()
         self._fh = open(self.path, "a", newline="")
         self._writer = csv.DictWriter(self._fh, fieldnames=self.fields, extrasaction="ignore")
@@ -140,6 +144,29 @@ class LossLog:
             self._tb = SummaryWriter(str(self.path.parent / "tensorboard"))
         except Exception:  # tensorboard not installed
             self._tb = None
+
+    def _truncate(self, step: int) -> None:
+        """Keep the rows up to ``step`` (a resumed run redoes the later ones); a line cut by a
+        kill is dropped. Rewritten atomically."""
+        with open(self.path, newline="") as fh:
+            text = fh.read()
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith("\n"):
+            lines = lines[:-1]  # partial last line
+        if not lines:
+            self.path.unlink()
+            return
+        header, keep = lines[0], [lines[0]]
+        names = next(csv.reader([header]))
+        for line in lines[1:]:
+            vals = next(csv.reader([line]), [])
+            row = dict(zip(names, vals))
+            try:
+                if len(vals) == len(names) and int(float(row["step"])) <= step:
+                    keep.append(line)
+            except (KeyError, ValueError):
+                continue
+        atomic_write_text(self.path, "".join(keep))
 
     def write(self, row: dict) -> None:
         self._writer.writerow(row)
@@ -265,6 +292,13 @@ class Trainer:
         self.position = {"stage": STAGE1, "epoch": 0, "sample": 0, "step": 0, "epoch_step": 0}
         self.layout: dict = {}
         self.ckpt_dir = self.out / "checkpoints"
+        self._ckpts = CheckpointDir(self.ckpt_dir, keep=int(cfg.get("keep_checkpoints", 2)))
+        self.on_error = str((cfg.get("data") or {}).get("on_error", "skip"))
+        if self.on_error not in ("skip", "raise"):
+            raise ValueError(f"data.on_error must be 'skip' or 'raise', got {self.on_error!r}")
+        self.max_skip_fraction = float((cfg.get("data") or {}).get("max_skip_fraction", 0.05))
+        self._skipped: dict[tuple, dict] = {}
+        self._n_data = 1
         self.views = self._view_policy()
         self._net = self._ddp = None
 
@@ -314,45 +348,125 @@ class Trainer:
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
-        """Write ``checkpoints/last`` atomically (tmp folder + rename) on rank 0; all ranks wait."""
-        last = self.ckpt_dir / "last"
+        """Write a new ``checkpoints/ckpt-NNNNNN`` on rank 0 (crash-safe, see
+        :mod:`leader.train.checkpoints`) together with the skipped-items report; all ranks wait.
+
+        Raises (on every rank):
+            WriteError: rank 0 could not write it (disk full, read-only...); the previous
+                checkpoint is intact and named.
+        """
+        skipped = self._gather_skipped()
+        err, path = None, None
+        if self.dist.distributed and skipped:
+            self._check_skip_limit(self._n_data)
         if self.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.ckpt_dir / "last.tmp"
-            if tmp.exists():
-                shutil.rmtree(tmp)
-            save_model(self.model, tmp, extra={"position": self.position})
-            state = {
-                "optimizer": self.optimizer.state_dict(),
-                "position": dict(self.position),
-                "layout": dict(self.layout),
-            }
-            torch.save(state, tmp / "training_state.pt")
-            old = self.ckpt_dir / "last.old"
-            if old.exists():
-                shutil.rmtree(old)
-            if last.exists():
-                os.replace(last, old)
-            os.replace(tmp, last)
-            if old.exists():
-                shutil.rmtree(old)
+            def write(tmp: Path) -> None:
+                save_model(self.model, tmp, extra={"position": self.position})
+                faults.point("ckpt.after_model")
+                state = {
+                    "optimizer": self.optimizer.state_dict(),
+                    "position": dict(self.position),
+                    "layout": dict(self.layout),
+                }
+                torch.save(state, tmp / "training_state.pt")
+
+            try:
+                path = self._ckpts.save(write, self.position)
+                self._write_skip_report(skipped)
+            except OSError as exc:
+                err = exc
+        err_text = D.broadcast_object(None if err is None else str(err)) if self.dist.distributed else (
+            None if err is None else str(err))
+        if err is not None:
+            raise err
+        if err_text is not None:
+            raise WriteError(0, f"rank 0 could not write a checkpoint: {err_text}")
         D.barrier()
-        return last
+        return path if path is not None else self.ckpt_dir / "last"
+
+    # ------------------------------------------------------------------ faults
+    def _nonfinite(self, stage: int, epoch: int, step: int, what: str) -> None:
+        """Stop on a NaN/Inf loss or gradient before the optimizer step (nothing is saved)."""
+        last = self._ckpts.latest(hashes=False)
+        keep = (f"the last good checkpoint {last} is kept; lower optim.lr, set optim.grad_clip or precision: fp32, "
+                "then rerun with --resume") if last else "no checkpoint had been written yet"
+        raise FloatingPointError(f"stage {stage} epoch {epoch} step {step}: {what}. Training stopped before "
+                                 f"the optimizer step; {keep}.")
+
+    def _record_skips(self, batch: Mapping, stage: int, epoch: int, n: int) -> None:
+        """Remember the items a batch replaced under the ``skip`` policy (see ViewDataset)."""
+        marks = batch.get("_skip")
+        if not marks:
+            return
+        for m in marks:
+            if not m:
+                continue
+            sid, _, reason = str(m).partition("\t")
+            key = (stage, epoch, sid)
+            if key not in self._skipped:
+                self._skipped[key] = {"stage": stage, "epoch": epoch, "id": sid, "reason": reason}
+                log.warning("skipped unreadable sample %s (stage %d epoch %d): %s", sid, stage, epoch, reason)
+        if not self.dist.distributed:
+            self._check_skip_limit(n)
+
+    def _check_skip_limit(self, n: int) -> None:
+        ids = {k[2] for k in self._skipped}
+        limit = max(1, int(self.max_skip_fraction * n))
+        if len(ids) > limit:
+            if self.is_main:
+                self._write_skip_report(list(self._skipped.values()))
+            first = "; ".join(f"{v['id']}: {v['reason']}" for v in list(self._skipped.values())[:3])
+            raise ImageReadError(
+                f"{len(ids)} distinct samples are unreadable, more than data.max_skip_fraction="
+                f"{self.max_skip_fraction} of {n}: the data looks broken rather than a few bad files "
+                f"(first: {first}). All are listed in {self.out / 'skipped.json'}.")
+
+    def _gather_skipped(self) -> list[dict]:
+        """Skipped items of all ranks (every rank calls this; checks the skip limit)."""
+        items = list(self._skipped.values())
+        if self.dist.distributed:
+            merged = {}
+            for part in D.all_gather_object(items):
+                for it in part:
+                    merged.setdefault((it["stage"], it["epoch"], it["id"]), it)
+            self._skipped = merged
+            items = list(merged.values())
+        return items
+
+    def _write_skip_report(self, items: list[dict]) -> None:
+        """``skipped.json`` next to the run: policy, counts and every skipped item with its reason."""
+        if not self.is_main:
+            return
+        by_reason: dict[str, int] = {}
+        for it in items:
+            kind = it["reason"].split(":", 1)[0]
+            by_reason[kind] = by_reason.get(kind, 0) + 1
+        atomic_write_json(self.out / "skipped.json", {
+            "policy": self.on_error,
+            "count": len({it["id"] for it in items}),
+            "occurrences": len(items),
+            "counts_by_reason": by_reason,
+            "items": sorted(items, key=lambda it: (it["stage"], it["epoch"], it["id"])),
+        })
+
+    def _load_skip_report(self) -> None:
+        p = self.out / "skipped.json"
+        if p.is_file():
+            for it in read_json(p).get("items", []):
+                self._skipped.setdefault((int(it["stage"]), int(it["epoch"]), str(it["id"])), it)
 
     def latest_checkpoint(self) -> Path | None:
-        for name in ("last", "last.old"):
-            p = self.ckpt_dir / name
-            if (p / "training_state.pt").is_file() and (p / "model.safetensors").is_file():
-                return p
-        return None
+        """The newest complete (verified) checkpoint of this run, or ``None``."""
+        return self._ckpts.latest()
 
     def resume(self) -> bool:
         """Load the latest checkpoint if there is one (every rank). Returns True when resumed.
 
         A checkpoint written at any world size resumes at any other: the model and the full
         (unsharded) optimizer state are loaded everywhere and the position counts global samples.
+        Only checkpoints whose files match their ``COMMIT.json`` are considered.
         """
-        path = self.latest_checkpoint()
+        path = self.latest_checkpoint() if self.is_main else None
         found = D.broadcast_object(str(path) if path is not None else None)
         if found is None:
             return False
@@ -400,7 +514,12 @@ class Trainer:
             ids = list(batch["image_id"]) + list(batch["patch_id"])
             n_img = xi.shape[0]
         valid = batch.get("_valid")
-        nv = n_img if valid is None else int(torch.as_tensor(valid).sum())
+        vmask = None if valid is None else torch.as_tensor(valid, dtype=torch.bool)
+        nv = n_img if vmask is None else int(vmask.sum())
+        if vmask is not None and nv == n_img:
+            vmask = None
+        elif vmask is not None:
+            vmask = vmask.to(dev, non_blocking=True)
         heads = self._heads(stage)
         with autocast_context(dev, self.cfg.get("precision", "bf16")):
             targets = self._targets(x, ids, heads)
@@ -416,11 +535,17 @@ class Trainer:
                     parts[f"loss_{h}_patch"] = li
                 term = li
             else:
-                li = self.loss_fn(pred[:nv], targets[h][:nv])
+                pi, ti = pred[:n_img], targets[h][:n_img]
+                if vmask is not None:  # padding / skipped samples carry no loss
+                    pi, ti = pi[vmask], ti[vmask]
+                li = self.loss_fn(pi, ti)
                 parts[f"loss_{h}_image"] = li
                 term = li
                 if stage == STAGE2:
-                    lp = self.loss_fn(pred[n_img:n_img + nv], targets[h][n_img:n_img + nv])
+                    pp, tp = pred[n_img:], targets[h][n_img:]
+                    if vmask is not None:
+                        pp, tp = pp[vmask], tp[vmask]
+                    lp = self.loss_fn(pp, tp)
                     parts[f"loss_{h}_patch"] = lp
                     term = li + lp
             total = term if total is None else total + term
@@ -498,7 +623,7 @@ class Trainer:
             return DataLoader(ds, batch_size=None, num_workers=nw, pin_memory=pin, **extra), n_micro
         sampler = D.RankBatchSampler(len(dataset), seed, stage, epoch, start, G,
                                          self.dist.rank, self.dist.world_size, A)
-        ds = ViewDataset(dataset, self.views, seed, stage, epoch)
+        ds = ViewDataset(dataset, self.views, seed, stage, epoch, on_error=self.on_error)
         gen = torch.Generator().manual_seed(_step_seed(seed, stage, epoch * 1_000_003 + start))
         return DataLoader(ds, batch_sampler=sampler, num_workers=nw, generator=gen, pin_memory=pin,
                           **extra), len(sampler)
@@ -519,6 +644,7 @@ class Trainer:
             raise ValueError(f"stage {stage}: the dataset is empty (no images / no image-patch pairs)")
         G, A, mb = self._split(stage)
         W = self.dist.world_size
+        self._n_data = len(dataset)
         steps_per_epoch = self._steps_per_epoch(dataset, stage)
         total = epochs * steps_per_epoch
         pos = self.position
@@ -576,21 +702,27 @@ class Trainer:
                         vec = torch.stack([loss.detach().double()] + [v.detach().double() for v in parts.values()]) * n
                         sums = vec if sums is None else sums + vec
                     names = list(parts)
+                    for b in micro:
+                        self._record_skips(b, stage, epoch, len(dataset))
                     if W > 1:
                         sums = D.all_reduce_sum(sums.to(self._comm_device()))
                         n_glob = int(round(float(n_glob.item())))
                     means = (sums / max(n_glob, 1)).tolist()
                     loss_v = means[0]
                     if not math.isfinite(loss_v):
-                        raise FloatingPointError(
-                            f"stage {stage} epoch {epoch} step {pos['step']}: loss is {loss_v} "
-                            f"(parts {{{', '.join(f'{k}: {v:.4g}' for k, v in zip(names, means[1:]))}}})"
-                        )
+                        bad = [k for k, v in zip(names, means[1:]) if not math.isfinite(v)]
+                        self._nonfinite(stage, epoch, pos["step"] + 1,
+                                        f"the loss is {loss_v} (non-finite: {', '.join(bad) or 'total'}; parts "
+                                        f"{{{', '.join(f'{k}: {v:.4g}' for k, v in zip(names, means[1:]))}}})")
                     if not checked:
                         self._check_grads(stage)
                         checked = True
                     if clip:
-                        torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+                        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip)))
+                        if not math.isfinite(gnorm):
+                            self._nonfinite(stage, epoch, pos["step"] + 1,
+                                            f"the gradient norm is {gnorm} (loss {loss_v:.4g} is finite)")
+                    faults.point("train.before_update")
                     self.optimizer.step()
                     seen += n_glob
                     estep += 1
@@ -603,6 +735,7 @@ class Trainer:
                     log_file.write(row)
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_v:.4f}", epoch=epoch)
+                    faults.point("train.after_step")
                     if ckpt_every and pos["step"] % ckpt_every == 0:
                         self.save_checkpoint()
                     if max_steps and pos["step"] >= max_steps:
@@ -610,6 +743,10 @@ class Trainer:
                         bar.close()
                         raise _Stopped
                 pos.update(epoch=epoch + 1, sample=0, epoch_step=0)
+                n_skip = sum(1 for k in self._skipped if k[0] == stage and k[1] == epoch)
+                if n_skip:
+                    log.warning("stage %d epoch %d: %d unreadable sample(s) skipped (weight 0); see %s",
+                                stage, epoch, n_skip, self.out / "skipped.json")
                 self.save_checkpoint()
         bar.close()
 
@@ -623,14 +760,18 @@ class Trainer:
             The folder of the final model (``out_dir/final``: safetensors + config.json); when
             ``max_steps`` stopped the run early, ``checkpoints/last`` (resume with ``resume=True``).
         """
-        if resume:
-            self.resume()
-        log_file = LossLog(self.out / "losses.csv", list(self.teachers)) if self.is_main else _NullLog()
+        resumed = self.resume() if resume else False
+        if resumed:
+            self._load_skip_report()
+        log_file = (LossLog(self.out / "losses.csv", list(self.teachers),
+                            keep_until_step=self.position["step"] if resumed else None)
+                    if self.is_main else _NullLog())
         try:
             if stage1_data is not None and self.position["stage"] <= STAGE1:
                 self.run_stage(STAGE1, stage1_data, log_file)
                 if self.is_main:
-                    save_model(self.model, self.out / "stage1")
+                    with atomic_dir(self.out / "stage1") as tmp:
+                        save_model(self.model, tmp)
                 self.position.update(stage=STAGE2, epoch=0, sample=0, epoch_step=0)
                 self.save_checkpoint()
             elif self.position["stage"] < STAGE2:
@@ -639,12 +780,18 @@ class Trainer:
                 self.run_stage(STAGE2, stage2_data, log_file)
         except _Stopped:
             log.info("max_steps=%s reached; stopped at %s", self.cfg.get("max_steps"), self.position)
-            return self.ckpt_dir / "last"
+            return self.latest_checkpoint() or self.ckpt_dir / "last"
         finally:
             log_file.close()
         final = self.out / "final"
+        items = self._gather_skipped()
         if self.is_main:
-            save_model(self.model, final, extra={"config": _jsonable(self.cfg)})
+            with atomic_dir(final) as tmp:
+                save_model(self.model, tmp, extra={"config": _jsonable(self.cfg)})
+            self._write_skip_report(items)
+            if items:
+                log.warning("%d unreadable sample(s) were skipped in total; listed in %s",
+                            len({it["id"] for it in items}), self.out / "skipped.json")
         D.barrier()
         return final
 

@@ -26,7 +26,15 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["ViewPolicy", "ViewDataset", "view_id", "make_view", "sample_seed", "KEYS"]
+from leader.errors import BoxError, ImageReadError, ManifestError
+
+__all__ = ["ViewPolicy", "ViewDataset", "view_id", "make_view", "sample_seed", "KEYS", "SKIPPABLE"]
+
+#: errors of one sample that the ``skip`` policy records and steps over (unreadable or
+#: vanished file, size that disagrees with the manifest, invalid box); anything else stops.
+SKIPPABLE = (ImageReadError, ManifestError, BoxError, OSError)
+#: a stand-in for a skipped item is searched this far; beyond it the data is assumed broken.
+MAX_CONSECUTIVE_UNREADABLE = 64
 
 #: (tensor key, id key) pairs a dataset item may carry.
 KEYS = (("image", "id"), ("image", "image_id"), ("patch", "patch_id"))
@@ -124,13 +132,22 @@ class ViewDataset(Dataset):
     ``"_valid": True``; ``j = -(i + 1)`` is item ``i`` again with ``"_valid": False`` (padding
     of the last global batch, weight 0).
 
+    ``on_error="skip"``: an item that raises one of :data:`SKIPPABLE` is replaced by the next
+    readable item with ``"_valid": False`` (weight 0, so the loss is the mean over the real
+    samples) and ``"_skip": "<id>\\t<reason>"``; the trainer records these in ``skipped.json``.
+    Every item carries ``"_skip"`` (``""`` when read normally). ``on_error="raise"`` re-raises.
+
     Datasets with a ``transform`` attribute (``ImageDataset``, ``PairDataset``, shard
     datasets) get their views from :class:`ViewPolicy`; other datasets are called with the CPU
     generator seeded per sample (their own randomness becomes reproducible too; ``plain`` and
     ``cached`` modes need a ``transform`` attribute).
     """
 
-    def __init__(self, base: Dataset, policy: ViewPolicy, seed: int, stage: int, epoch: int):
+    def __init__(self, base: Dataset, policy: ViewPolicy, seed: int, stage: int, epoch: int,
+                 on_error: str = "raise"):
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.on_error = on_error
         self.policy, self.seed, self.stage, self.epoch = policy, int(seed), int(stage), int(epoch)
         self.has_transform = hasattr(base, "transform")
         if not self.has_transform and policy.mode != "random":
@@ -144,10 +161,7 @@ class ViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)
 
-    def __getitem__(self, j: int) -> dict:
-        j = int(j)
-        valid = j >= 0
-        i = j if valid else -j - 1
+    def _item(self, i: int) -> dict:
         if self.has_transform:
             item = dict(self.base[i])
             self.policy.apply(item, self.transform, self.seed, self.stage, self.epoch, i)
@@ -155,5 +169,40 @@ class ViewDataset(Dataset):
             gen = torch.random.default_generator
             gen.manual_seed(sample_seed(self.seed, self.stage, self.epoch, i))
             item = dict(self.base[i])
-        item["_valid"] = valid
         return item
+
+    def _item_id(self, i: int) -> str:
+        get = getattr(self.base, "item_id", None)
+        if get is not None:
+            return str(get(i))
+        ids = getattr(self.base, "_image_ids", None)  # PairDataset: the image of patch i
+        return str(ids[i]) if ids is not None else f"index {i}"
+
+    def __getitem__(self, j: int) -> dict:
+        j = int(j)
+        valid = j >= 0
+        i = j if valid else -j - 1
+        skip = ""
+        try:
+            item = self._item(i)
+        except SKIPPABLE as exc:
+            if self.on_error != "skip":
+                raise
+            skip = f"{self._item_id(i)}\t{type(exc).__name__}: {exc}"
+            item = self._stand_in(i)
+            valid = False
+        item["_valid"] = valid
+        item["_skip"] = skip
+        return item
+
+    def _stand_in(self, i: int) -> dict:
+        """The next readable item after ``i`` (weight 0): keeps the batch shape when ``i`` is skipped."""
+        n = len(self.base)
+        for k in range(1, min(n, MAX_CONSECUTIVE_UNREADABLE) + 1):
+            try:
+                return self._item((i + k) % n)
+            except SKIPPABLE:
+                continue
+        raise ImageReadError(
+            f"{MAX_CONSECUTIVE_UNREADABLE} consecutive items after index {i} ({self._item_id(i)}) are unreadable; "
+            "is the data folder mounted / are the manifest paths right?")
