@@ -156,3 +156,59 @@ def test_too_many_unreadable_samples_stop_the_run(tmp_path):
     import json
 
     assert json.loads((run / "skipped.json").read_text())["count"] >= 2
+
+
+def _inprocess_trainer(run, **over):
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        import train_worker as tw
+    finally:
+        sys.path.pop(0)
+    from leader.config import load_config
+    from leader.models.student import LeaderModel
+    from leader.train.loop import Trainer
+
+    sets = ["stage1.epochs=2", "stage2.epochs=1", "stage1.batch_size=4", "stage2.batch_size=4",
+            "optim.warmup_steps=0", "precision=fp32", "checkpoint_every=1", "device=cpu", "augment.enabled=false"]
+    sets += [f"{k}={v}" for k, v in over.items()]
+    cfg = load_config("demo-quick", sets)
+    teachers = {"disease": tw.teacher("disease", 24, 1), "anatomy": tw.teacher("anatomy", 40, 2)}
+    torch.manual_seed(0)
+    model = LeaderModel.for_teachers(teachers, backbone="swin_tiny_patch4_window7_224", img_size=tw.S,
+                                     backbone_kwargs=tw.TINY)
+    return Trainer(model, teachers, cfg, run, device=torch.device("cpu")), tw
+
+
+def test_nan_loss_stops_with_step_stage_and_loss_named_and_keeps_last_checkpoint(tmp_path):
+    trainer, tw = _inprocess_trainer(tmp_path / "run")
+    t = trainer.teachers["disease"]
+    calls = {"n": 0}
+    orig = t.embed
+
+    def poisoned(x, ids=None):
+        calls["n"] += 1
+        out = orig(x, ids=ids)
+        return out * float("nan") if calls["n"] == 3 else out
+
+    t.embed = poisoned
+    with pytest.raises(FloatingPointError) as ei:
+        trainer.fit(tw.Images(), tw.Images(pairs=True))
+    msg = str(ei.value)
+    assert "stage 1 epoch 0 step 3" in msg and "non-finite: loss_disease_image" in msg
+    last = CheckpointDir(tmp_path / "run" / "checkpoints").latest()
+    assert f"last good checkpoint {last}" in msg
+    import json
+
+    assert json.loads((last / "COMMIT.json").read_text())["position"]["step"] == 2
+    assert verify_checkpoint(last) is None
+
+
+def test_infinite_gradient_is_caught_when_clipping(tmp_path):
+    trainer, tw = _inprocess_trainer(tmp_path / "run", **{"optim.grad_clip": 1.0})
+    p = next(trainer.model.backbone.parameters())
+    p.register_hook(lambda g: torch.full_like(g, float("inf")))
+    before = p.detach().clone()
+    with pytest.raises(FloatingPointError, match=r"stage 1 epoch 0 step 1: the gradient norm is inf"):
+        trainer.fit(tw.Images(), tw.Images(pairs=True))
+    assert torch.equal(p.detach(), before), "the optimizer must not step on a non-finite gradient"
+    assert CheckpointDir(tmp_path / "run" / "checkpoints").latest() is None
