@@ -125,6 +125,28 @@ def _worker(out: Path) -> None:
     D.cleanup()
 
 
+def _fsdp_worker(out: Path) -> None:
+    """Runs under torchrun (2 processes): FSDP continues a 1-process run and stops at step 9."""
+    from safetensors.torch import load_file
+
+    from leader.train import distributed as D
+    from leader.train.loop import Trainer
+
+    torch.set_num_threads(1)
+    cfg, teachers, model, s1, s2 = _setup(["distributed.strategy=fsdp", "max_steps=9", "stage2.grad_accum=2",
+                                           "stage1.micro_batch_size=2", "optim.grad_clip=1.0"])
+    init = _anatomy(model)
+    trainer = Trainer(model, teachers, cfg, out / "fsdp", device=torch.device("cpu"))
+    assert trainer.fsdp and type(trainer.model.backbone.blocks[0].attn.qkv.weight).__name__ == "DTensor"
+    trainer.fit(s1, s2, resume=True)
+    stage1 = load_file(str(out / "fsdp" / "stage1" / "model.safetensors"))
+    res = {"anatomy_unchanged_in_stage1": all(torch.equal(stage1[f"heads.anatomy.{k}"], v) for k, v in init.items()),
+           "position": trainer.position}
+    (out / f"fsdp_rank{trainer.dist.rank}.json").write_text(json.dumps(res))
+    D.barrier()
+    D.cleanup()
+
+
 class _Vecs(Dataset):
     """30 ids; the embedding of item i is computable from i (to check what each rank wrote)."""
 
@@ -204,6 +226,23 @@ def test_two_processes_match_one_process(tmp_path):
     assert any(not torch.equal(final[k], v) for k, v in _anatomy(_setup()[2]).items())  # stage 2 trained it
 
 
+def test_fsdp_two_processes_resume_and_are_resumed_at_another_world_size(tmp_path):
+    # 1 process (steps 1-4) -> 2 FSDP processes (steps 5-9, sharded student, gathered
+    # checkpoints) -> 1 process again (steps 10-12): the same loss curve as one uninterrupted run
+    clip = "optim.grad_clip=1.0"
+    ref = _fit_one(tmp_path / "ref", [clip])
+    assert len(_fit_one(tmp_path / "fsdp", ["max_steps=4", clip])) == 4
+    _torchrun("fsdp", str(tmp_path))
+    res = [json.loads((tmp_path / f"fsdp_rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["anatomy_unchanged_in_stage1"] for r in res)  # BR-26 under FSDP as well
+    assert res[0]["position"]["step"] == 9
+    rows = _fit_one(tmp_path / "fsdp", [clip])
+    assert [int(r["step"]) for r in rows] == list(range(1, 13))
+    worst = max(abs(r["loss"] - q["loss"]) / abs(q["loss"]) for r, q in zip(rows, ref))
+    print(f"max relative loss difference FSDP vs 1 process: {worst:.2e}")
+    assert worst < 1e-4, "\n".join(f"{int(r['step'])} {r['loss']:.8g} {q['loss']:.8g}" for r, q in zip(rows, ref))
+
+
 def test_embedding_across_two_processes_resumes_a_run_of_another_world_size(tmp_path):
     from leader.store import EmbeddingStore
 
@@ -250,4 +289,4 @@ def test_rank_batches_partition_each_global_batch():
 
 
 if __name__ == "__main__" and len(sys.argv) > 2:
-    {"worker": _worker, "embed": _embed_worker}[sys.argv[1]](Path(sys.argv[2]))
+    {"worker": _worker, "embed": _embed_worker, "fsdp": _fsdp_worker}[sys.argv[1]](Path(sys.argv[2]))

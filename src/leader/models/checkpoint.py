@@ -100,7 +100,8 @@ def load_state_dict_checked(
 
 
 # ---------------------------------------------------------------------------------- model
-def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
+def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None,
+               state_dict: Mapping[str, torch.Tensor] | None = None) -> Path:
     """Save a :class:`~leader.models.LeaderModel` as ``model.safetensors`` + ``config.json``.
 
     Args:
@@ -109,6 +110,8 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: Mapping[str,
         out_dir: checkpoint directory (created).
         extra: JSON-serialisable extras (step, stage, teacher names, metrics...), stored under
             ``"extra"`` in ``config.json``.
+        state_dict: the full (unsharded) weights to write instead of ``model.state_dict()``
+            (an FSDP-sharded student gathers them collectively first).
 
     Returns:
         ``out_dir`` as a Path.
@@ -127,7 +130,8 @@ def save_model(model: nn.Module, out_dir: str | os.PathLike, extra: Mapping[str,
         json.dumps(cfg, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"save_model: config/extra must be JSON-serialisable: {exc}") from exc
-    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    sd = model.state_dict() if state_dict is None else state_dict
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
     with atomic_path(out_dir / "model.safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={"format": _MODEL_FORMAT})
     atomic_write_json(out_dir / "config.json", cfg)

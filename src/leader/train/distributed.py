@@ -159,6 +159,45 @@ def broadcast_object(obj, src: int = 0):
     return box[0]
 
 
+def fsdp_units(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """Sub-modules sharded as separate FSDP units: the backbone's blocks, then each head.
+
+    Blocks are the outermost modules whose class name ends in ``Block`` (timm Swin, ViT,
+    ConvNeXt, ...); a backbone without such modules is sharded by its top-level children.
+    """
+    backbone = getattr(model, "backbone", model)
+    blocks: list[torch.nn.Module] = []
+    inside: set[int] = set()
+    for m in backbone.modules():
+        if id(m) in inside or m is backbone:
+            continue
+        if type(m).__name__.endswith("Block"):
+            blocks.append(m)
+            inside.update(id(c) for c in m.modules())
+    if not blocks:
+        blocks = [c for c in backbone.children() if any(True for _ in c.parameters())]
+    heads = list(getattr(model, "heads", {}).values()) if hasattr(model, "heads") else []
+    return blocks + heads
+
+
+def shard_fsdp(model: torch.nn.Module, device: torch.device, reshard_after_forward: bool = True) -> int:
+    """Shard ``model`` in place with FSDP2 (``torch.distributed.fsdp.fully_shard``) over all ranks.
+
+    Each unit of :func:`fsdp_units` becomes one FSDP group (its parameters are all-gathered
+    just before its forward and freed after), then the root. Parameters become ``DTensor``
+    shards, so the optimizer must be built afterwards. Returns the number of units.
+    """
+    from torch.distributed.device_mesh import init_device_mesh  # noqa: PLC0415
+    from torch.distributed.fsdp import fully_shard  # noqa: PLC0415
+
+    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    units = fsdp_units(model)
+    for m in units:
+        fully_shard(m, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=reshard_after_forward)
+    return len(units) + 1
+
+
 def all_gather_object(obj) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` on every rank (pickled; small objects only)."""
     if not info().distributed:

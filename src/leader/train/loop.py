@@ -283,6 +283,13 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        self.strategy = str(dcfg.get("strategy", "ddp"))
+        if self.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"distributed.strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        self.fsdp = self.strategy == "fsdp" and self.dist.distributed
+        if self.fsdp:  # shard before the optimizer is built: it must hold the sharded parameters
+            units = D.shard_fsdp(self.model, self.device, reshard_after_forward=bool(dcfg.get("reshard", True)))
+            log.info("FSDP: student sharded over %d ranks in %d units", self.dist.world_size, units)
         o = cfg["optim"]
         extra = {"fused": True} if self.device.type == "cuda" and o.get("fused", True) else {}
         self.optimizer = torch.optim.AdamW(
@@ -359,14 +366,17 @@ class Trainer:
         err, path = None, None
         if self.dist.distributed and skipped:
             self._check_skip_limit(self._n_data)
+        msd, osd = self._model_state(), self._optimizer_state()  # collective under FSDP
         if self.is_main:
             def write(tmp: Path) -> None:
-                save_model(self.model, tmp, extra={"position": self.position})
+                save_model(self.model, tmp, extra={"position": self.position}, state_dict=msd)
                 faults.point("ckpt.after_model")
                 state = {
-                    "optimizer": self.optimizer.state_dict(),
+                    "optimizer": osd,
+                    "optimizer_format": "fqn" if self.fsdp else "index",
                     "position": dict(self.position),
                     "layout": dict(self.layout),
+                    "strategy": self.strategy,
                 }
                 torch.save(state, tmp / "training_state.pt")
 
@@ -475,17 +485,70 @@ class Trainer:
             raise FileNotFoundError(f"rank {self.dist.rank}: checkpoint {path} written by rank 0 is not visible "
                                     "here; the run folder must be on a filesystem shared by all nodes")
         loaded = load_model(path)
-        self.model.load_state_dict(loaded.state_dict(), strict=True)
-        self.model.to(self.device)
-        if self.channels_last:
-            self.model.to(memory_format=torch.channels_last)
         state = torch.load(path / "training_state.pt", map_location="cpu", weights_only=True)
-        self.optimizer.load_state_dict(state["optimizer"])
+        osd = state["optimizer"]
+        fmt = state.get("optimizer_format", "index")
+        if self.fsdp:
+            from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
+                StateDictOptions, set_model_state_dict, set_optimizer_state_dict)
+
+            set_model_state_dict(self.model, loaded.state_dict(), options=StateDictOptions(full_state_dict=True))
+            # strict=False: parameters never stepped yet (the anatomy head in stage 1) have no state
+            fqn = osd if fmt == "fqn" else self._optim_index_to_fqn(osd)
+            set_optimizer_state_dict(self.model, self.optimizer, fqn,
+                                     options=StateDictOptions(full_state_dict=True, strict=False))
+            # the loader initialises missing states with a zero step of its own (step=1), which
+            # would change Adam's bias correction of those parameters' first real update
+            for name, p in self.model.named_parameters():
+                if name not in fqn["state"]:
+                    self.optimizer.state.pop(p, None)
+        else:
+            self.model.load_state_dict(loaded.state_dict(), strict=True)
+            self.model.to(self.device)
+            if self.channels_last:
+                self.model.to(memory_format=torch.channels_last)
+            self.optimizer.load_state_dict(osd if fmt == "index" else self._optim_fqn_to_index(osd))
         self.position = {k: int(v) for k, v in state["position"].items()}
         self.position.setdefault("epoch_step", 0)
         self.layout = dict(state.get("layout") or {})
         log.info("resumed from %s at %s", path, self.position)
         return True
+
+    # ------------------------------------------------------------------ full states (FSDP)
+    def _model_state(self):
+        """Full weights for saving: ``None`` (use ``model.state_dict()``) unless FSDP-sharded,
+        where every rank takes part in gathering them to rank 0 (CPU)."""
+        if not self.fsdp:
+            return None
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict  # noqa: PLC0415
+
+        return get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _optimizer_state(self) -> dict:
+        """The optimizer state to save: index-keyed as ``Optimizer.state_dict()``, or under FSDP
+        the full, name-keyed state gathered to rank 0."""
+        if not self.fsdp:
+            return self.optimizer.state_dict() if self.is_main else {}
+        from torch.distributed.checkpoint.state_dict import (  # noqa: PLC0415
+            StateDictOptions, get_optimizer_state_dict)
+
+        return get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _param_names(self) -> list[str]:
+        """Parameter names in the optimizer's index order (the same with or without FSDP)."""
+        name_of = {id(p): n for n, p in self.model.named_parameters()}
+        return [name_of[id(p)] for g in self.optimizer.param_groups for p in g["params"]]
+
+    def _optim_index_to_fqn(self, osd: dict) -> dict:
+        names = self._param_names()
+        return {"state": {names[int(i)]: v for i, v in osd["state"].items()},
+                "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]} for g in osd["param_groups"]]}
+
+    def _optim_fqn_to_index(self, osd: dict) -> dict:
+        index = {n: i for i, n in enumerate(self._param_names())}
+        return {"state": {index[n]: v for n, v in osd["state"].items()},
+                "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
 
     # ------------------------------------------------------------------ steps
     def _targets(self, x: torch.Tensor, ids: Sequence[str], names: Sequence[str]) -> dict:
@@ -555,13 +618,15 @@ class Trainer:
     def _stage_net(self, stage: int):
         """The network one stage trains: heads of other stages frozen, then DDP, then compile."""
         heads = self._heads(stage)
-        frozen = [p for name, h in self.model.heads.items() if name not in heads
-                  for p in h.parameters() if p.requires_grad]
+        # FSDP2 fixes which parameters reduce gradients when it first runs, so under FSDP the
+        # unused heads stay trainable: they get no gradient, and AdamW skips parameters without one
+        frozen = [] if self.fsdp else [p for name, h in self.model.heads.items() if name not in heads
+                                       for p in h.parameters() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
         net = self.model
         try:
-            if self.dist.distributed:
+            if self.dist.distributed and not self.fsdp:
                 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
                 dcfg = dict(self.cfg.get("distributed") or {})
@@ -582,7 +647,8 @@ class Trainer:
     def _check_grads(self, stage: int) -> None:
         if bool((self.cfg.get("distributed") or {}).get("find_unused_parameters", False)):
             return
-        unused = D.unused_parameters(self.model)
+        idle = tuple(f"heads.{n}." for n in self.model.heads if n not in self._heads(stage))
+        unused = [n for n in D.unused_parameters(self.model) if not n.startswith(idle)]
         if unused:
             shown = ", ".join(unused[:20]) + (f", ... ({len(unused)} in total)" if len(unused) > 20 else "")
             raise RuntimeError(
@@ -696,6 +762,8 @@ class Trainer:
                     for m, b in enumerate(micro):
                         sync = m == len(micro) - 1
                         ctx = ddp.no_sync() if (ddp is not None and not sync) else nullcontext()
+                        if self.fsdp and len(micro) > 1:  # reduce-scatter on the last micro-batch only
+                            self.model.set_requires_gradient_sync(sync)
                         with ctx:
                             loss, parts, n = self._step(stage, b)
                             (loss * (n * W / (n_glob if W > 1 else max(n_glob, 1)))).backward()
@@ -718,7 +786,8 @@ class Trainer:
                         self._check_grads(stage)
                         checked = True
                     if clip:
-                        gnorm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip)))
+                        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+                        gnorm = float(gnorm.full_tensor() if hasattr(gnorm, "full_tensor") else gnorm)
                         if not math.isfinite(gnorm):
                             self._nonfinite(stage, epoch, pos["step"] + 1,
                                             f"the gradient norm is {gnorm} (loss {loss_v:.4g} is finite)")
@@ -769,9 +838,10 @@ class Trainer:
         try:
             if stage1_data is not None and self.position["stage"] <= STAGE1:
                 self.run_stage(STAGE1, stage1_data, log_file)
+                msd = self._model_state()
                 if self.is_main:
                     with atomic_dir(self.out / "stage1") as tmp:
-                        save_model(self.model, tmp)
+                        save_model(self.model, tmp, state_dict=msd)
                 self.position.update(stage=STAGE2, epoch=0, sample=0, epoch_step=0)
                 self.save_checkpoint()
             elif self.position["stage"] < STAGE2:
@@ -785,9 +855,10 @@ class Trainer:
             log_file.close()
         final = self.out / "final"
         items = self._gather_skipped()
+        msd = self._model_state()
         if self.is_main:
             with atomic_dir(final) as tmp:
-                save_model(self.model, tmp, extra={"config": _jsonable(self.cfg)})
+                save_model(self.model, tmp, extra={"config": _jsonable(self.cfg)}, state_dict=msd)
             self._write_skip_report(items)
             if items:
                 log.warning("%d unreadable sample(s) were skipped in total; listed in %s",
