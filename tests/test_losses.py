@@ -60,6 +60,7 @@ def test_soft_ce_minimum_at_target():
 
 @pytest.mark.parametrize("name", LOSSES)
 def test_shape_mismatch_never_broadcasts(name):
+    # BR-24: MSE between (B, 1024) and (B, 1) must raise, not broadcast with a warning
     loss = make_loss(name)
     with pytest.raises(ValueError) as err:
         loss(torch.zeros(4, 1024), torch.zeros(4, 1))
@@ -132,3 +133,12 @@ def test_br24_projection_heads_give_finite_loss():
     assert total.dim() == 0 and torch.isfinite(total)
     total.backward()
     assert all(h.weight.grad is not None for h in heads.values())
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_br24_unprojected_student_width_is_refused_naming_both_widths(name):
+    """BR-24: the 1024-d student output fed straight to 768-d / 2048-d teacher targets raises."""
+    e_da = torch.randn(4, 1024)
+    for width in (768, 2048):
+        with pytest.raises(ValueError, match=rf"'a'.*\(4, 1024\).*\(4, {width}\)"):
+            distillation_loss({"a": e_da}, {"a": torch.randn(4, width)}, name)

@@ -7,11 +7,13 @@ import random
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from leader.losses import distillation_loss
+from leader.config import load_config
+from leader.losses import distillation_loss, make_loss
 from leader.models import (
     LeaderModel,
     MLPHead,
@@ -21,7 +23,9 @@ from leader.models import (
     save_model,
     save_training_state,
 )
+from leader.patches import ImageDataset
 from leader.teachers import InputSpec, ModuleTeacher
+from leader.transforms import build_augment
 
 SWIN = "swin_tiny_patch4_window7_224"
 TINY_SWIN = dict(embed_dim=32, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))
@@ -65,6 +69,9 @@ def test_forward_shapes_and_head_selection(tiny):
 def test_br19_swin_base_default_rejects_512_before_backbone():
     model = LeaderModel()  # swin_base_patch4_window7_224, default config
     assert model.img_size == 224 and model.e_da_dim == 1024
+    paper = load_config()["student"]  # the default config names the same model and size
+    assert (paper["backbone"], paper["img_size"]) == (model.backbone_name, model.img_size) == (
+        "swin_base_patch4_window7_224", 224)
 
     def must_not_run(*args, **kwargs):
         raise AssertionError("the backbone was called")
@@ -83,6 +90,36 @@ def test_br19_img_size_512_is_built_for_512():
     assert out["disease"].shape == (1, 4)
     with pytest.raises(ValueError, match="img_size=512.*224x224"):
         model(torch.rand(1, 1, 224, 224))
+
+
+TINY_SWIN_SET = "student.backbone_kwargs={embed_dim: 32, depths: [1, 1, 1, 1], num_heads: [1, 2, 4, 8]}"
+
+
+def test_br19_transform_and_model_size_come_from_one_config_value():
+    """BR-19: config img_size=512 -> the model is built for 512 and the dataset resizes to 512.
+
+    Mirrors ``leader train``: ``S = cfg["student"]["img_size"]`` feeds both ``LeaderModel`` and
+    ``ImageDataset`` (the resize + augmentation).
+    """
+    cfg = load_config(None, ["student.img_size=512", f"student.backbone={SWIN}", TINY_SWIN_SET])
+    sc = cfg["student"]
+    S = int(sc["img_size"])
+    model = LeaderModel(sc["backbone"], {"disease": 4}, img_size=S, backbone_kwargs=sc["backbone_kwargs"])
+    assert model.img_size == 512 and model.config()["img_size"] == 512
+    assert tuple(model.backbone.patch_embed.img_size) == (512, 512)  # timm Swin built for 512
+    rng = np.random.default_rng(0)
+    pixels = {f"/mem/{i}.png": rng.random((300, 280)).astype(np.float32) for i in range(2)}
+    df = pd.DataFrame({"id": ["a", "b"], "path": list(pixels)})
+    ds = ImageDataset(df, S, transform=build_augment(cfg["augment"]), loader=pixels.__getitem__)
+    x = torch.stack([ds[i]["image"] for i in range(2)])
+    assert x.shape == (2, 1, 512, 512)
+    with torch.no_grad():
+        out = model(x)
+    assert out["disease"].shape == (2, 4) and torch.isfinite(out["e_da"]).all()
+    # a transform sized from another value is refused before the backbone, naming both sizes
+    other = ImageDataset(df, 224, loader=pixels.__getitem__)
+    with pytest.raises(ValueError, match="img_size=512.*224x224"):
+        model(torch.stack([other[i]["image"] for i in range(2)]))
 
 
 def test_cnn_backbone_size_from_config():
@@ -113,19 +150,45 @@ def test_br24_heads_per_teacher_width():
     student_kwargs = dict(embed_dim=128, depths=(1, 1, 1, 1), num_heads=(1, 2, 4, 8))  # 128 * 8 = 1024
     model = LeaderModel.for_teachers(teachers, backbone=SWIN, backbone_kwargs=student_kwargs)
     assert model.e_da_dim == 1024 and model.head_dims == {"a": 768, "b": 2048}
+    assert set(model.heads) == {"a", "b"}  # one projection head per teacher
     x = torch.rand(4, 1, 224, 224)
     out = model(x)
+    assert out["e_da"].shape == (4, 1024)
     targets = {name: t.embed(x) for name, t in teachers.items()}
     assert {k: tuple(v.shape) for k, v in targets.items()} == {"a": (4, 768), "b": (4, 2048)}
-    total, parts = distillation_loss(out, targets, "mse")
+    seen = {}
+
+    def recording(name):
+        mse = make_loss("mse")
+
+        def fn(pred, target):
+            seen[name] = (tuple(pred.shape), tuple(target.shape))
+            return mse(pred, target)
+        return fn
+
+    total, parts = distillation_loss(out, targets, {"a": recording("a"), "b": recording("b")})
+    # each loss received exactly matching shapes (no broadcasting)
+    assert seen == {"a": ((4, 768), (4, 768)), "b": ((4, 2048), (4, 2048))}
     assert total.dim() == 0 and torch.isfinite(total)
+    teacher_params = [p for t in teachers.values() for p in t.parameters()]
+    teacher_before = [p.detach().clone() for p in teacher_params]
+    assert teacher_params and all(not p.requires_grad for p in teacher_params)  # teachers frozen
+    assert all(p.requires_grad for p in model.heads.parameters())  # heads trainable
+    assert not any(p is q for p in model.parameters() for q in teacher_params)  # teachers not in the student
+    heads_before = [p.detach().clone() for p in model.heads.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     total.backward()
-    assert all(p.grad is not None for p in model.heads.parameters())  # heads trainable
-    assert all(not p.requires_grad and p.grad is None for t in teachers.values() for p in t.parameters())
+    assert all(p.grad is not None for p in model.heads.parameters())
+    assert all(p.grad is None for p in teacher_params)
+    opt.step()
+    assert any(not torch.equal(a, b) for a, b in zip(heads_before, model.heads.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(teacher_before, teacher_params))
 
     with pytest.raises(ValueError) as err:  # mismatch configured -> error at construction
         LeaderModel(SWIN, {"a": 1024, "b": 2048}, backbone_kwargs=TINY_SWIN, teachers=teachers)
     assert "1024" in str(err.value) and "768" in str(err.value)
+    with pytest.raises(ValueError, match=r"'b'.*1024.*2048"):  # no projection for B: E_DA width 1024 vs 2048
+        LeaderModel(SWIN, {"a": 768, "b": 1024}, backbone_kwargs=TINY_SWIN, teachers=teachers)
     small = LeaderModel(SWIN, {"a": 768}, backbone_kwargs=TINY_SWIN)
     with pytest.raises(ValueError, match="'b'"):
         small.check_teacher_dims(teachers)

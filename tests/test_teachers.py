@@ -106,13 +106,66 @@ def test_br05_declared_range_is_converted_and_violations_raise():
     images = disc_and_gradient()
     emb = teacher.embed(images)
     assert emb.shape == (2, teacher.dim) and emb.dtype == torch.float32
-    assert (emb[0] - emb[1]).abs().max().item() > 1e-4
-    assert torch.equal(teacher.embed(images), emb)  # deterministic
+    assert (emb[0] - emb[1]).abs().max().item() > 1e-4  # BR-05: different images -> different targets
+    assert torch.equal(teacher.embed(images), emb)  # BR-05: same batch twice -> identical embeddings
     converted = XRV_SPEC.convert(images)  # already in [-1024, 1024]
     with pytest.raises(TeacherInputError) as err:
         teacher.embed(converted)
     msg = str(err.value)
     assert "xrv-stub" in msg and "min=-1024" in msg and "max=1024" in msg
+
+
+class _Recording(nn.Module):
+    """Wraps a network; records every batch it receives (what the teacher's adapter produced)."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+        self.seen: list[torch.Tensor] = []
+
+    def forward(self, x):
+        self.seen.append(x.detach().clone())
+        return self.net(x)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [XRV_SPEC, InputSpec(size=224), InputSpec(size=224, channels=1, mean=None, std=None)],
+    ids=["xrv[-1024,1024]", "imagenet", "unit[0,1]"],
+)
+def test_br05_each_teacher_gets_its_declared_contract(spec):
+    """BR-05: each teacher declares range, channels and size; the adapter converts to exactly that."""
+    rec = _Recording(stub_net(in_ch=spec.channels))
+    teacher = ModuleTeacher("stub", rec, spec)
+    rec.seen.clear()  # drop the dim-inference forward
+    images = disc_and_gradient()  # dark field + bright disc, left-to-right gradient, in [0, 1]
+    teacher.embed(images)
+    (seen,) = rec.seen
+    assert seen.shape == (2, spec.channels, spec.size, spec.size)
+    lo, hi = spec.value_range
+    mean = torch.tensor(spec.mean or (0.0,)).view(1, -1, 1, 1)
+    std = torch.tensor(spec.std or (1.0,)).view(1, -1, 1, 1)
+    # the gradient image spans exactly [0, 1]: its converted extremes are the declared range, normalised
+    torch.testing.assert_close(seen[1].amin(dim=(1, 2)), ((lo - mean) / std).view(-1).expand(spec.channels))
+    torch.testing.assert_close(seen[1].amax(dim=(1, 2)), ((hi - mean) / std).view(-1).expand(spec.channels))
+    if spec.value_range == (-1024.0, 1024.0):
+        assert seen.max().item() > 1.0  # never the student's [0, 1] for a [-1024, 1024] network
+
+
+def test_br05_violating_batch_is_refused_before_the_forward_pass():
+    """BR-05: a batch outside the [0, 1] contract raises before the network runs."""
+    rec = _Recording(stub_net(in_ch=1))
+    teacher = ModuleTeacher("xrv-stub", rec, XRV_SPEC)
+    rec.seen.clear()
+    images = disc_and_gradient()
+    student_normalised = (images - 0.485) / 0.229  # the student's ImageNet normalisation, fed to the teacher
+    already_xrv = images * 2048 - 1024  # already in the teacher's own range
+    for bad in (student_normalised, already_xrv):
+        with pytest.raises(TeacherInputError, match="xrv-stub.*must be in \\[0, 1\\]"):
+            teacher.embed(bad)
+    assert rec.seen == []  # the network never ran
+    teacher.embed(images)
+    assert len(rec.seen) == 1
 
 
 def test_constant_output_warns_once():

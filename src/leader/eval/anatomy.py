@@ -8,6 +8,7 @@ landmark identity (cosine), silhouette score (cosine) and a seeded t-SNE map (PN
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -60,32 +61,54 @@ def silhouette(emb: np.ndarray, labels: Sequence) -> float:
     return float(silhouette_score(l2_normalise(emb), np.asarray(labels), metric="cosine"))
 
 
-def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> tuple[np.ndarray, dict]:
+#: t-SNE backends: name -> (openTSNE negative-gradient method, n_jobs, bit-reproducible for a seed).
+TSNE_BACKENDS = {
+    "openTSNE-bh": ("bh", 1, True),
+    "openTSNE-fft": ("fft", -1, False),
+}
+
+
+def tsne(emb: np.ndarray, seed: int = 0, perplexity: float = 30.0,
+         backend: str = "openTSNE-bh") -> tuple[np.ndarray, dict]:
     """2-D t-SNE of L2-normalised embeddings, reproducible for a seed (field report BR-22).
 
-    Backend: openTSNE with Barnes-Hut gradients, PCA initialisation, ``random_state=seed`` and
-    one thread, which makes it deterministic: the same input and seed give identical
-    coordinates; another seed gives another layout. (openTSNE's FFT gradients and multi-threaded
-    runs are not bit-reproducible, so they are not used.) Perplexity is capped at
-    ``(N - 1) / 3`` for small inputs.
+    Default backend ``"openTSNE-bh"``: openTSNE with Barnes-Hut gradients, PCA initialisation,
+    ``random_state=seed`` and one thread, which makes it deterministic: the same input and seed
+    give identical coordinates; another seed gives another layout. ``"openTSNE-fft"`` (FFT
+    gradients, all threads) is faster on large inputs but not bit-reproducible; choosing it is
+    stated in the returned settings (``deterministic: False`` and a ``note``) and warned about.
+    Perplexity is capped at ``(N - 1) / 3`` for small inputs.
 
     Args:
         emb: float ``[N, D]``, ``N >= 4``.
+        backend: a key of :data:`TSNE_BACKENDS`.
 
     Returns:
-        ``(coords float32 [N, 2], settings dict)`` — the settings (backend, seed, perplexity,
-        init, deterministic) belong next to any figure made from the coordinates.
+        ``(coords float32 [N, 2], settings dict)`` — the settings (backend, gradient, seed,
+        perplexity, init, n_jobs, deterministic) belong next to any figure made from the
+        coordinates.
+
+    Raises:
+        ValueError: an unknown ``backend``.
     """
+    if backend not in TSNE_BACKENDS:
+        raise ValueError(f"unknown t-SNE backend {backend!r}; choose one of {sorted(TSNE_BACKENDS)}")
     from openTSNE import TSNE  # noqa: PLC0415
 
+    gradient, n_jobs, deterministic = TSNE_BACKENDS[backend]
     x = l2_normalise(emb).astype(np.float64)
     perp = float(min(perplexity, max(1.0, (x.shape[0] - 1) / 3.0)))
     model = TSNE(n_components=2, perplexity=perp, initialization="pca", random_state=int(seed),
-                 negative_gradient_method="bh", n_jobs=1, verbose=False)
+                 negative_gradient_method=gradient, n_jobs=n_jobs, verbose=False)
     coords = np.asarray(model.fit(x), dtype=np.float32)
-    settings = {"backend": "openTSNE.TSNE", "gradient": "barnes-hut", "seed": int(seed),
+    settings = {"backend": "openTSNE.TSNE", "backend_option": backend,
+                "gradient": "barnes-hut" if gradient == "bh" else "fft", "seed": int(seed),
                 "perplexity": perp, "init": "pca", "metric": "euclidean on L2-normalised",
-                "n_jobs": 1, "deterministic": True}
+                "n_jobs": n_jobs, "deterministic": deterministic}
+    if not deterministic:
+        settings["note"] = (f"t-SNE backend {backend!r} is not deterministic: the same seed can give "
+                            "different coordinates on another run")
+        warnings.warn(settings["note"] + " (field report BR-22)", RuntimeWarning, stacklevel=2)
     return coords, settings
 
 

@@ -84,7 +84,7 @@ def run_anatomy(reps: Sequence[Representation], manifest, landmarks: pd.DataFram
              f"Landmark patches: {len(landmarks)} from {n_img} images, {len(set(labels))} landmarks "
              f"(source: {source}).",
              f"Numbers: leave-one-out {k}-NN accuracy of landmark identity (cosine), silhouette (cosine), NMI of "
-             f"k-means (k = number of landmarks, seed {seed}). t-SNE: scikit-learn Barnes-Hut, PCA init, seed {seed}; "
+             f"k-means (k = number of landmarks, seed {seed}). t-SNE: openTSNE Barnes-Hut, PCA init, seed {seed}; "
              "settings next to each PNG.",
              f"Command: `{command}`" if command else "")
     rows, raw = [], {}

@@ -81,6 +81,16 @@ def precision_at_k(
     return float(np.mean(np.asarray(relevant, bool)[ranked]))
 
 
+def _no_query_error(k: int, sizes: list[tuple[int, int]]) -> ValueError:
+    """ValueError for "no query could be evaluated", naming K and the largest gallery (BR-23)."""
+    if sizes:
+        n, usable = max(sizes, key=lambda t: (t[1], t[0]))
+        where = f"the largest gallery has {n} items ({usable} after excluding the query's own image)"
+    else:
+        where = "no query's label is known in the gallery"
+    return ValueError(f"no query could be evaluated at K={k}: {where}; K must be at most that size")
+
+
 @dataclass
 class RetrievalResult:
     """Outcome of :func:`disease_retrieval`. ``per_query`` has one dict per query."""
@@ -133,6 +143,7 @@ def disease_retrieval(
         order = np.sort(np.random.default_rng(seed).choice(q_n, size=n_queries, replace=False))
     pos = {gid: i for i, gid in enumerate(gallery_ids)}
     precs, chances, rows = [], [], []
+    sizes: list[tuple[int, int]] = []
     for qi in order:
         lab = query_labels[qi]
         if lab not in gallery_labels:
@@ -143,6 +154,7 @@ def disease_retrieval(
         own = pos.get(query_image_ids[qi])
         sub_excl = int(np.searchsorted(known, own)) if own is not None and not np.isnan(col[own]) else None
         usable = len(known) - (1 if sub_excl is not None else 0)
+        sizes.append((len(known), usable))
         if usable < k:
             rows.append({"query": int(qi), "label": lab, "skipped": f"gallery {usable} < K {k}"})
             continue
@@ -155,7 +167,7 @@ def disease_retrieval(
         precs.append(p)
         rows.append({"query": int(qi), "label": lab, "precision": p})
     if not precs:
-        raise ValueError(f"no query could be evaluated at K={k} (galleries too small or labels unknown)")
+        raise _no_query_error(k, sizes)
     return RetrievalResult(k=k, mean=float(np.mean(precs)), std=float(np.std(precs)),
                            n_queries=len(precs), chance=float(np.mean(chances)), per_query=rows)
 
@@ -187,6 +199,7 @@ def disease_retrieval_batched(
     precs: dict[int, float] = {}
     chances: dict[int, float] = {}
     by_label: dict[str, list[int]] = {}
+    sizes: list[tuple[int, int]] = []
     for qi in order:
         by_label.setdefault(query_labels[qi], []).append(int(qi))
     for lab, qs in by_label.items():
@@ -203,6 +216,7 @@ def disease_retrieval_batched(
             own = pos.get(query_image_ids[qi])
             ex = sub_pos.get(own) if own is not None else None
             usable = len(known) - (1 if ex is not None else 0)
+            sizes.append((len(known), usable))
             if usable < k:
                 rows[qi] = {"query": qi, "label": lab, "skipped": f"gallery {usable} < K {k}"}
                 continue
@@ -220,7 +234,7 @@ def disease_retrieval_batched(
             chances[qi] = (n_rel - (1 if ex is not None and rel[ex] else 0)) / (len(known) - (1 if ex is not None else 0))
             rows[qi] = {"query": qi, "label": lab, "precision": p}
     if not precs:
-        raise ValueError(f"no query could be evaluated at K={k} (galleries too small or labels unknown)")
+        raise _no_query_error(k, sizes)
     per_query = [rows[int(qi)] for qi in order]
     vals = [precs[int(qi)] for qi in order if int(qi) in precs]
     ch = [chances[int(qi)] for qi in order if int(qi) in chances]
