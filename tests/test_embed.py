@@ -66,3 +66,77 @@ def test_resume_skips_done_ids_without_decoding_them(tmp_path):
 def test_wrong_width_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="shape"):
         embed_dataset(_fn, _Imgs(), tmp_path / "s", {"a": 4, "b": 2}, device="cpu", precision="fp32")
+
+
+def test_missing_items_are_found_chunk_by_chunk_and_split_over_ranks(tmp_path):
+    from leader.embed import _MissingSampler
+
+    ds = _Imgs(23)
+    store = EmbeddingStore.create(tmp_path / "s", {"a": 3, "b": 2})
+    have = [1, 2, 5, 11, 12, 20]
+    store.append([f"id{i}" for i in have], {"a": np.zeros((6, 3)), "b": np.zeros((6, 2))})
+    missing = [i for i in range(23) if i not in have]
+    skipped = []
+    for world in (1, 2, 3):
+        for rank in range(world):
+            got = list(_MissingSampler(ds, store, rank, world, chunk=4, on_skip=skipped.append))
+            assert got == missing[rank::world]  # the k-th missing item goes to rank k % world
+    assert sum(skipped) == 6 * 6 and ds.reads == 0  # ids came from item_id, no pixel decoded
+
+
+def test_merge_stores_links_parts_and_survives_an_interrupted_removal(tmp_path):
+    from leader.embed import merge_stores
+
+    main = EmbeddingStore.create(tmp_path / "s", {"a": 2})
+    main.append(["x0"], {"a": np.ones((1, 2))})
+    parts = tmp_path / "s.parts"
+    for r, ids in enumerate((["x1", "x2"], ["x3"])):
+        p = EmbeddingStore.create(parts / f"rank-{r:05d}", {"a": 2})
+        p.append(ids, {"a": np.full((len(ids), 2), r + 2.0)})
+    ino = (parts / "rank-00000" / "shards" / "shard-00000.safetensors").stat().st_ino
+    half = parts / "rank-00009"  # a removal killed after meta.json was deleted: not a store any more
+    (half / "shards").mkdir(parents=True)
+    assert merge_stores(main, sorted(parts.iterdir())) == 3
+    assert not (parts / "rank-00000").exists() and not (parts / "rank-00001").exists()
+    store = EmbeddingStore.open(tmp_path / "s")
+    assert store.ids == ["x0", "x1", "x2", "x3"]
+    np.testing.assert_array_equal(store.get(["x2", "x3"], "a"), [[2, 2], [3, 3]])
+    assert (tmp_path / "s" / "shards" / "shard-00001.safetensors").stat().st_ino == ino  # moved, not copied
+
+
+def test_full_disk_during_embedding_keeps_what_was_committed(tmp_path, monkeypatch):
+    from leader import faults
+    from leader.errors import WriteError
+
+    ref = embed_dataset(_fn, _Imgs(), tmp_path / "ref", {"a": 3, "b": 2}, batch_size=2, flush_every=2,
+                        device="cpu", precision="fp32")
+    faults.reset()
+    monkeypatch.setenv(faults.ENV, "store.after_ids:3:enospc")
+    with pytest.raises(WriteError, match="disk is full.*4 committed rows"):
+        embed_dataset(_fn, _Imgs(), tmp_path / "s", {"a": 3, "b": 2}, batch_size=2, flush_every=2,
+                      device="cpu", precision="fp32")
+    monkeypatch.delenv(faults.ENV)
+    assert EmbeddingStore.open(tmp_path / "s").ids == ref.ids[:4]
+    store = embed_dataset(_fn, _Imgs(), tmp_path / "s", {"a": 3, "b": 2}, batch_size=2, flush_every=2,
+                          device="cpu", precision="fp32")
+    assert store.ids == ref.ids
+    for k in ("a", "b"):
+        assert store.load(k)[1].tobytes() == ref.load(k)[1].tobytes()
+
+
+def test_crash_between_merge_and_part_removal_repeats_nothing(tmp_path, monkeypatch):
+    from leader import faults
+    from leader.embed import merge_stores
+
+    main = EmbeddingStore.create(tmp_path / "s", {"a": 2})
+    part = EmbeddingStore.create(tmp_path / "s.parts" / "rank-00000", {"a": 2})
+    part.append(["p0", "p1"], {"a": np.ones((2, 2))})
+    faults.reset()
+    monkeypatch.setenv(faults.ENV, "embed.after_merge:1:raise")
+    with pytest.raises(faults.InjectedFault):
+        merge_stores(main, [tmp_path / "s.parts" / "rank-00000"])
+    monkeypatch.delenv(faults.ENV)
+    assert (tmp_path / "s.parts" / "rank-00000" / "meta.json").exists()  # not removed yet
+    assert merge_stores(EmbeddingStore.create(tmp_path / "s", {"a": 2}), [tmp_path / "s.parts" / "rank-00000"]) == 0
+    assert EmbeddingStore.open(tmp_path / "s").ids == ["p0", "p1"]
+    assert not (tmp_path / "s.parts" / "rank-00000").exists()

@@ -163,3 +163,25 @@ def test_trainer_runs_on_streamed_and_random_access_shards(shards, tmp_path):
     assert sum(r["stage"] == 1 for r in rows) == math.ceil(s1.micro_batches_per_rank(1, 4) / 1)
     assert sum(r["stage"] == 2 for r in rows) == math.ceil(len(s2) / 8)
     assert all(math.isfinite(r["loss"]) for r in rows)
+
+
+def test_write_errors_name_the_file_and_read_errors_stay_read_errors(pack, tmp_path, monkeypatch):
+    from leader import faults
+    from leader.errors import WriteError
+
+    m, _ = pack
+    faults.reset()
+    monkeypatch.setenv(faults.ENV, "shard.after_tar:2:enospc")
+    with pytest.raises(WriteError, match=r"shard-000001\.tar: the disk is full.*every complete shard"):
+        write_shards(m, tmp_path / "a", image_size=16, shard_size=5, progress=False)
+    monkeypatch.delenv(faults.ENV)
+    assert sorted(p.name for p in (tmp_path / "a").iterdir() if not p.name.startswith(".")) == [
+        "plan.json", "shard-000000.json", "shard-000000.tar"]  # the failed shard left nothing behind
+    assert write_shards(m, tmp_path / "a", image_size=16, shard_size=5, progress=False)["n_images"] == 12
+
+    def missing(path):
+        raise FileNotFoundError(2, "No such file or directory", path)
+
+    with pytest.raises(FileNotFoundError):  # an unreadable input is not reported as a write error
+        write_shards(m, tmp_path / "b", image_size=16, shard_size=5, progress=False, loader=missing)
+    assert not list((tmp_path / "b").glob("*.tar"))

@@ -5,13 +5,21 @@ entangled embedding ``E_DA``, width of the backbone) and one per head (``disease
 ``anatomy`` = ``E'_A``, widths of the teachers). For a teacher, one vector ``embedding``.
 
 Vectors are appended to an :class:`~leader.store.EmbeddingStore` every ``flush_every``
-samples; ids already in the store are skipped, so an interrupted run continues where it
-stopped and never leaves a half-written shard.
+samples; ids already in the store are skipped, so an interrupted run (killed at any point, or
+stopped by a full disk) continues where it stopped and never leaves a half-written shard. The
+missing items are found chunk by chunk while embedding (never a list of all ids), so memory
+does not grow with the dataset beyond the store's 16-byte-per-id lookup.
 
 Across processes (``torchrun ... leader embed``): each rank embeds every ``W``-th missing
 item into its own part store (``<store>.parts/rank-NNNNN``: one writer per store), and rank 0
-merges the parts into the store at the end. A run that died leaves parts behind; the next run
-(at any world size) merges them first, so nothing is computed twice.
+merges the parts into the store at the end by hard-linking their shards
+(:meth:`~leader.store.EmbeddingStore.merge_from`: no vector is copied). A run that died leaves
+parts behind; the next run (at any world size) merges them first, so nothing is computed twice.
+
+Fault points (:mod:`leader.faults`): ``embed.after_batch`` (a batch computed, not yet
+flushed), ``embed.after_flush`` (a flush committed), ``embed.after_merge`` (a part merged, not
+yet removed), plus the store's ``store.after_shard`` / ``store.after_ids`` /
+``store.after_index``.
 
 Retrieval (:class:`EmbeddingIndex`): exact inner-product search (FAISS ``IndexFlatIP``) or an
 approximate index - IVF (``IndexIVFFlat`` / ``IndexIVFScalarQuantizer``) or HNSW - for
@@ -28,9 +36,10 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from leader import faults
 from leader.store import EmbeddingStore
 from leader.train import distributed as D
 from leader.train.loop import autocast_context, pick_device
@@ -69,10 +78,25 @@ def _parts_dir(store_path: Path) -> Path:
 
 def merge_stores(target: EmbeddingStore, parts: Sequence[str | Path], chunk: int = 16384,
                  remove: bool = True) -> int:
-    """Append the rows of part stores to ``target`` (ids already there are skipped).
+    """Add the rows of part stores to ``target`` (ids already there are skipped).
 
-    Returns the number of rows added. Parts are removed after a successful merge when
-    ``remove`` (a crash in between only repeats the merge, which skips what is present).
+    Whole shards move by hard link (:meth:`EmbeddingStore.merge_from`), so merging costs
+    O(shards), not O(vectors). Folders without ``meta.json`` are skipped.
+
+    Args:
+        target: the store to add to (opened for writing).
+        parts: part store folders, merged in this order.
+        chunk: unused (kept for compatibility; merging no longer copies rows in chunks).
+        remove: delete each part after it is merged. A crash in between only repeats the
+            merge, which finds every id present and adds nothing.
+
+    Returns:
+        The number of rows added.
+
+    Raises:
+        ValueError: a part has other dims than ``target``.
+        leader.errors.WriteError: a file of ``target`` could not be written (``target`` and
+            the parts are left as they were).
     """
     added = 0
     for p in parts:
@@ -82,13 +106,39 @@ def merge_stores(target: EmbeddingStore, parts: Sequence[str | Path], chunk: int
         part = EmbeddingStore.open(p)
         if part.dims != target.dims:
             raise ValueError(f"part store {p} has dims {part.dims}, target {target.path} has {target.dims}")
-        ids = part.ids
-        for s in range(0, len(ids), chunk):
-            sel = ids[s:s + chunk]
-            added += target.append(sel, {k: part.get(sel, k) for k in target.dims}, skip_existing=True)
+        added += target.merge_from(part)
+        faults.point("embed.after_merge")
         if remove:
+            (p / "meta.json").unlink()  # first: a half-deleted part is no longer a store
             shutil.rmtree(p)
     return added
+
+
+class _MissingSampler(Sampler):
+    """Indices of the items of ``dataset`` whose ids are not in ``store``, found chunk by chunk.
+
+    The ``k``-th missing item goes to rank ``k % world``. Ids are computed ``chunk`` at a time
+    (``dataset.item_id(i)`` when available), so no list of all ids is ever held. ``on_skip``
+    is called with the number of present items of each chunk.
+    """
+
+    def __init__(self, dataset: Dataset, store: EmbeddingStore, rank: int = 0, world: int = 1,
+                 chunk: int = 16384, on_skip: Callable[[int], None] | None = None):
+        self.dataset, self.store, self.rank, self.world = dataset, store, int(rank), int(world)
+        self.chunk, self.on_skip = int(chunk), on_skip
+
+    def __iter__(self):
+        n = len(self.dataset)
+        k = 0  # missing items seen so far (all ranks)
+        for lo in range(0, n, self.chunk):
+            hi = min(n, lo + self.chunk)
+            ids = [_item_id(self.dataset, i) for i in range(lo, hi)]
+            missing = np.flatnonzero(~self.store.contains(ids)) if len(self.store) else np.arange(hi - lo)
+            if self.on_skip is not None and len(missing) < hi - lo:
+                self.on_skip(hi - lo - len(missing))
+            mine = missing[(k + np.arange(len(missing))) % self.world == self.rank] + lo
+            k += len(missing)
+            yield from mine.tolist()
 
 
 @torch.no_grad()
@@ -124,62 +174,70 @@ def embed_dataset(
     Under ``torchrun`` (process group initialised, see :mod:`leader.train.distributed`) every
     rank embeds its share; all ranks return the merged store.
 
+    A rerun after a crash (or a :class:`~leader.errors.WriteError`) embeds only the missing
+    items; with the same ``batch_size`` the batches are the same as in an uninterrupted run
+    (flushes happen at batch boundaries), so fp32 vectors come out bit for bit identical.
+
     Returns:
         The opened store (all ids of ``dataset`` present).
 
     Raises:
         ValueError: ``fn`` returned a key or width different from ``dims``.
+        leader.errors.WriteError: the store could not be written (disk full, read-only); what
+            was committed before is intact and a rerun continues from there.
     """
     dev = pick_device(device) if isinstance(device, str) else device
     store_path = Path(store_path)
     info = D.info()
     W, r = info.world_size, info.rank
+    parts_root = _parts_dir(store_path)
     if W > 1:
-        parts_root = _parts_dir(store_path)
         if r == 0:
             main = EmbeddingStore.create(store_path, dict(dims), meta=dict(meta or {}), dtype=store_dtype)
             if parts_root.is_dir():  # leftovers of an interrupted run (any world size)
                 merge_stores(main, sorted(parts_root.iterdir()))
+                shutil.rmtree(parts_root, ignore_errors=True)
         D.barrier()
         main = EmbeddingStore.open(store_path)
         target_path = parts_root / f"rank-{r:05d}"
     else:
         main = EmbeddingStore.create(store_path, dict(dims), meta=dict(meta or {}), dtype=store_dtype)
-        if _parts_dir(store_path).is_dir():
-            merge_stores(main, sorted(_parts_dir(store_path).iterdir()))
+        if parts_root.is_dir():
+            merge_stores(main, sorted(parts_root.iterdir()))
+            shutil.rmtree(parts_root, ignore_errors=True)
         target_path = store_path
-    ids_all = [_item_id(dataset, i) for i in range(len(dataset))]
-    present = main.contains(ids_all) if len(main) else np.zeros(len(ids_all), bool)
-    todo = [i for i, p in enumerate(present) if not p][r::W]
     store = main if W == 1 else EmbeddingStore.create(target_path, dict(dims), meta=dict(meta or {}),
                                                       dtype=store_dtype)
-    if todo:
-        _embed_into(fn, Subset(dataset, todo), store, dims, dev, batch_size, num_workers, precision,
-                    flush_every, desc, channels_last, show=info.is_main)
+    _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_workers, precision,
+                flush_every, desc, channels_last, show=info.is_main)
     if W > 1:
         D.barrier()
         if r == 0:
-            merge_stores(main, sorted(_parts_dir(store_path).iterdir()))
-            shutil.rmtree(_parts_dir(store_path), ignore_errors=True)
+            merge_stores(main, sorted(parts_root.iterdir()))
+            shutil.rmtree(parts_root, ignore_errors=True)
         D.barrier()
         main = EmbeddingStore.open(store_path)
     return main
 
 
-def _embed_into(fn, subset, store, dims, dev, batch_size, num_workers, precision, flush_every, desc,
-                channels_last, show=True) -> None:
+def _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_workers, precision, flush_every,
+                desc, channels_last, show=True) -> None:
+    """Embed the items missing from ``main`` (rank ``r``'s share) into ``store``."""
     extra = dict(prefetch_factor=4, persistent_workers=False) if num_workers else {}
-    loader = DataLoader(subset, batch_size=batch_size, num_workers=num_workers, shuffle=False,
+    bar = tqdm(total=len(dataset) if W == 1 else None, desc=desc, unit="img", dynamic_ncols=True,
+               disable=None if show else True)
+    sampler = _MissingSampler(dataset, main, r, W, on_skip=bar.update if W == 1 else None)
+    loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", **extra)
     buf_ids: list[str] = []
     buf: dict[str, list] = {k: [] for k in dims}
-    bar = tqdm(total=len(subset), desc=desc, unit="img", dynamic_ncols=True, disable=None if show else True)
 
     def flush():
         nonlocal buf_ids, buf
         arrays = {k: torch.cat(v).float().cpu().numpy() for k, v in buf.items()}
         store.append(buf_ids, arrays)
         buf_ids, buf = [], {k: [] for k in dims}
+        faults.point("embed.after_flush")
 
     for batch in loader:
         x = batch["image"].to(dev, non_blocking=True)
@@ -197,6 +255,7 @@ def _embed_into(fn, subset, store, dims, dev, batch_size, num_workers, precision
             buf[k].append(v.detach())  # stays on the device until the flush: no per-batch sync
         buf_ids += ids
         bar.update(len(ids))
+        faults.point("embed.after_batch")
         if len(buf_ids) >= flush_every:
             flush()
     if buf_ids:

@@ -17,6 +17,14 @@ resolution image), and writes them into tar shards in the WebDataset layout::
       shard-000000.json          the shard's own index (written after the tar: a shard whose
                                  .json exists is complete; a rerun skips it)
 
+Every file is written to a temporary name and renamed into place, in this order: ``plan.json``,
+then per shard the tar and then its ``.json``, then ``samples.parquet``, ``patches.parquet`` and
+last ``index.json``. A job killed at any point leaves only complete files (a tar without its
+``.json`` is rewritten by the rerun, byte for byte the same); a full or read-only disk raises
+:class:`leader.errors.WriteError` naming the file and what is intact, and a rerun completes.
+Fault points (:mod:`leader.faults`): ``shard.after_plan``, ``shard.after_tar``,
+``shard.after_shard``, ``shard.after_tables``, ``shard.after_index``.
+
 The tar files are plain, uncompressed POSIX tars: ``webdataset`` and ``tar`` read them as they
 are. Three readers:
 
@@ -34,6 +42,7 @@ Raw-file loading (:mod:`leader.patches`) stays available for small data.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -51,6 +60,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, IterableDataset, get_worker_info
 
+from . import faults
+from .errors import write_error
 from .utils import atomic_path, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -171,11 +182,15 @@ def _write_shard(job: dict) -> dict:
     S, bits, enc = job["image_size"], job["bit_depth"], job["encoding"]
     samples = []
     pairs = {}
-    with atomic_path(out / f"{name}.tar") as tmp:
-        with tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+    target = out / f"{name}.tar"
+    reading = False  # an OSError while reading an image is not a write error
+    try:
+        with atomic_path(target) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
             for key_no, rec in zip(job["keys"], job["records"]):
                 key = f"{key_no:09d}"
+                reading = True
                 obj = loader(rec["path"])
+                reading = False
                 px = np.asarray(getattr(obj, "pixels", obj), dtype=np.float32)
                 w, h = rec.get("width"), rec.get("height")
                 if w is not None and h is not None and (int(h), int(w)) != px.shape:
@@ -193,9 +208,18 @@ def _write_shard(job: dict) -> dict:
                     pairs[p["kind"]] = pairs.get(p["kind"], 0) + 1
                 samples.append({"key": key, "id": rec["id"], "json": list(j_off), "image": list(i_off),
                                 "patches": p_offs, "patch_meta": rec["patches"]})
-    size = (out / f"{name}.tar").stat().st_size
-    info = {"name": name, "images": len(samples), "patches": pairs, "bytes": size, "samples": samples}
-    atomic_write_json(out / f"{name}.json", info)
+        faults.point("shard.after_tar")
+        size = target.stat().st_size
+        info = {"name": name, "images": len(samples), "patches": pairs, "bytes": size, "samples": samples}
+        target = out / f"{name}.json"
+        atomic_write_json(target, info)
+    except OSError as exc:
+        with contextlib.suppress(OSError):  # a tar without its .json is not a shard: leave nothing behind
+            (out / f"{name}.tar").unlink()
+        if reading:
+            raise
+        raise write_error(exc, target, intact=f"every complete shard in {out}") from exc
+    faults.point("shard.after_shard")
     return {k: v for k, v in info.items() if k != "samples"}
 
 
@@ -259,7 +283,11 @@ def write_shards(manifest, out: str | Path, *, image_size: int = 224, bit_depth:
             raise ValueError(f"{out} holds shards of another manifest/patch table/settings "
                              f"(plan {old.get('plan')} != {plan['plan']}); use a new folder")
     else:
-        atomic_write_json(plan_file, plan)
+        try:
+            atomic_write_json(plan_file, plan)
+        except OSError as exc:
+            raise write_error(exc, plan_file) from exc
+    faults.point("shard.after_plan")
     recs = _records(df, patches)
     n_shards = max(1, math.ceil(len(recs) / shard_size))
     jobs = []
@@ -304,15 +332,25 @@ def _write_index(out: Path, plan: dict, df: pd.DataFrame, n_shards: int) -> dict
     samples = pd.DataFrame(srows)
     pcols = ["patch_id", "image_id", "kind", "label", "x0", "y0", "x1", "y1", "sample", "shard", "off", "size"]
     pt = pd.DataFrame(prows, columns=pcols)
-    with atomic_path(out / "samples.parquet") as tmp:
-        samples.to_parquet(tmp, index=False)
-    with atomic_path(out / "patches.parquet") as tmp:
-        pt.to_parquet(tmp, index=False)
     ext = "png" if plan["encoding"] == "png" else "npy"
     index = {**plan, "ext": ext, "n_images": len(samples), "n_patches": len(pt),
              "label_names": [c[len("label:"):] for c in df.columns if c.startswith("label:")],
              "shards": shards}
-    atomic_write_json(out / "index.json", index)
+    # the tables are a pure function of the complete shards: a rewrite is identical, so a reader
+    # of an earlier index.json never sees tables that disagree with it
+    target = out / "samples.parquet"
+    try:
+        with atomic_path(target) as tmp:
+            samples.to_parquet(tmp, index=False)
+        target = out / "patches.parquet"
+        with atomic_path(target) as tmp:
+            pt.to_parquet(tmp, index=False)
+        target = out / "index.json"
+        faults.point("shard.after_tables")
+        atomic_write_json(target, index)
+    except OSError as exc:
+        raise write_error(exc, target, intact=f"each of the {n_shards} complete shards in {out}") from exc
+    faults.point("shard.after_index")
     return index
 
 
