@@ -26,6 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
+from leader.errors import LeaderError
 
 # Further command groups live in their own modules, each with ``register(subparsers, groups)``
 # where ``groups`` maps "data" / "teachers" to those sub-command groups (to add e.g. ``teachers import``).
@@ -278,7 +279,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (LeaderError, ValueError, OSError, KeyError, FloatingPointError) as e:
+        # bad input, a full/read-only disk (WriteError), a NaN loss: one clean line naming the
+        # file/row/step; --verbose shows the traceback
         if args.verbose:
             raise
         print(f"leader: error: {e}", file=sys.stderr)
