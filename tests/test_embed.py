@@ -140,3 +140,42 @@ def test_crash_between_merge_and_part_removal_repeats_nothing(tmp_path, monkeypa
     assert merge_stores(EmbeddingStore.create(tmp_path / "s", {"a": 2}), [tmp_path / "s.parts" / "rank-00000"]) == 0
     assert EmbeddingStore.open(tmp_path / "s").ids == ["p0", "p1"]
     assert not (tmp_path / "s.parts" / "rank-00000").exists()
+
+
+def _png_folder(tmp_path, n=6, broken=(2,)):
+    from PIL import Image
+
+    from leader.manifest import make_manifest
+
+    rows = []
+    for i in range(n):
+        p = tmp_path / f"img{i}.png"
+        arr = (np.arange(32 * 32).reshape(32, 32) * (i + 1) % 251).astype(np.uint8)
+        Image.fromarray(arr).save(p)
+        if i in broken:  # truncated: no IEND
+            p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2])
+        rows.append({"id": f"img{i}", "path": str(p), "dataset": "folder"})
+    return make_manifest(rows)
+
+
+def test_unreadable_images_fail_fast_or_are_skipped_and_listed(tmp_path):
+    import json
+
+    from leader.errors import ImageReadError
+    from leader.patches import ImageDataset
+
+    m = _png_folder(tmp_path)
+    ds = ImageDataset(m, 16, cache=False)
+    fn = lambda x, ids: {"a": x.flatten(1)[:, :3]}  # noqa: E731
+    with pytest.raises(ImageReadError, match="img2.png"):
+        embed_dataset(fn, ds, tmp_path / "strict", {"a": 3}, batch_size=2, device="cpu", precision="fp32")
+    store = embed_dataset(fn, ds, tmp_path / "lenient", {"a": 3}, batch_size=2, device="cpu", precision="fp32",
+                          on_error="skip")
+    assert sorted(store.ids) == ["img0", "img1", "img3", "img4", "img5"]
+    rep = json.loads((tmp_path / "lenient" / "skipped.json").read_text())
+    assert rep["count"] == 1 and rep["items"][0]["id"] == "img2"
+    assert "img2.png" in rep["items"][0]["reason"] and rep["counts_by_reason"] == {"ImageReadError": 1}
+    # a rerun retries only the skipped item and lists it again; nothing is embedded twice
+    store = embed_dataset(fn, ds, tmp_path / "lenient", {"a": 3}, batch_size=2, device="cpu", precision="fp32",
+                          on_error="skip")
+    assert len(store) == 5 and json.loads((tmp_path / "lenient" / "skipped.json").read_text())["count"] == 1

@@ -187,7 +187,7 @@ def _cmd_embed(a) -> int:
                               num_workers=a.num_workers, device=dev, precision=a.precision,
                               flush_every=a.flush_every, store_dtype=a.store_dtype,
                               channels_last=dev.type == "cuda",
-                              meta={"checkpoint": str(a.checkpoint), **source})
+                              meta={"checkpoint": str(a.checkpoint), **source}, on_error=a.on_error)
         if info.is_main:
             print(f"{len(store)} embeddings ({', '.join(f'{k}: {d}' for k, d in dims.items())}) -> {a.out}")
             if a.index:
@@ -253,6 +253,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--patches", default=None, help="patch table (Parquet) to embed instead of whole images")
     e.add_argument("--batch-size", type=int, default=64)
     e.add_argument("--num-workers", type=int, default=0)
+    e.add_argument("--on-error", default="raise", choices=("raise", "skip"),
+                   help="unreadable image: stop (default; a rerun continues) or skip it and list it in OUT/skipped.json")
     e.add_argument("--device", default="auto")
     e.add_argument("--precision", default="bf16", choices=("bf16", "fp32"))
     e.add_argument("--flush-every", type=int, default=4096, help="vectors per store shard")

@@ -157,6 +157,7 @@ def embed_dataset(
     desc: str = "embed",
     store_dtype: str = "float32",
     channels_last: bool = False,
+    on_error: str = "raise",
 ) -> EmbeddingStore:
     """Embed every item of ``dataset`` into the store at ``store_path``.
 
@@ -170,6 +171,10 @@ def embed_dataset(
         flush_every: samples buffered before a shard is written (memory stays bounded by it).
         store_dtype: ``float32`` or ``float16`` on disk.
         channels_last: feed the batch in ``channels_last`` memory format.
+        on_error: ``"raise"`` (default: the first unreadable item stops the run; a rerun
+            continues after the committed rows) or ``"skip"``: items whose loading raises
+            :data:`leader.train.views.SKIPPABLE` errors are left out of the store and listed
+            with their reason in ``STORE/skipped.json`` (rewritten by every run, which retries them).
 
     Under ``torchrun`` (process group initialised, see :mod:`leader.train.distributed`) every
     rank embeds its share; all ranks return the merged store.
@@ -186,8 +191,12 @@ def embed_dataset(
         leader.errors.WriteError: the store could not be written (disk full, read-only); what
             was committed before is intact and a rerun continues from there.
     """
+    if on_error not in ("raise", "skip"):
+        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     dev = pick_device(device) if isinstance(device, str) else device
     store_path = Path(store_path)
+    if on_error == "skip":
+        dataset = _Skipping(dataset)
     info = D.info()
     W, r = info.world_size, info.rank
     parts_root = _parts_dir(store_path)
@@ -208,8 +217,12 @@ def embed_dataset(
         target_path = store_path
     store = main if W == 1 else EmbeddingStore.create(target_path, dict(dims), meta=dict(meta or {}),
                                                       dtype=store_dtype)
-    _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_workers, precision,
-                flush_every, desc, channels_last, show=info.is_main)
+    skipped = _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_workers, precision,
+                          flush_every, desc, channels_last, show=info.is_main)
+    if on_error == "skip":
+        items = [it for part in D.all_gather_object(skipped) for it in part]
+        if info.is_main:
+            _write_skipped(store_path, items)
     if W > 1:
         D.barrier()
         if r == 0:
@@ -227,8 +240,11 @@ def _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_worke
     bar = tqdm(total=len(dataset) if W == 1 else None, desc=desc, unit="img", dynamic_ncols=True,
                disable=None if show else True)
     sampler = _MissingSampler(dataset, main, r, W, on_skip=bar.update if W == 1 else None)
+    if isinstance(dataset, _Skipping):
+        extra["collate_fn"] = _collate_skipping
     loader = DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=num_workers,
                         pin_memory=dev.type == "cuda", **extra)
+    skipped: list[dict] = []
     buf_ids: list[str] = []
     buf: dict[str, list] = {k: [] for k in dims}
 
@@ -240,6 +256,13 @@ def _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_worke
         faults.point("embed.after_flush")
 
     for batch in loader:
+        for mark in batch.pop("_skipped", []):
+            sid, _, reason = mark.partition("\t")
+            skipped.append({"id": sid, "reason": reason})
+            log.warning("skipped unreadable item %s: %s", sid, reason)
+            bar.update(1)
+        if "image" not in batch:  # every item of this batch was unreadable
+            continue
         x = batch["image"].to(dev, non_blocking=True)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
@@ -261,6 +284,52 @@ def _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_worke
     if buf_ids:
         flush()
     bar.close()
+    return skipped
+
+
+class _Skipping(Dataset):
+    """``dataset`` whose unreadable items become ``{"_skip": "<id>\\t<reason>"}`` markers."""
+
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def item_id(self, i: int) -> str:
+        return _item_id(self.base, i)
+
+    def __getitem__(self, i: int) -> dict:
+        from leader.train.views import SKIPPABLE  # noqa: PLC0415
+
+        try:
+            return self.base[i]
+        except SKIPPABLE as exc:
+            return {"_skip": f"{self.item_id(i)}\t{type(exc).__name__}: {exc}"}
+
+
+def _collate_skipping(items: list[dict]) -> dict:
+    from torch.utils.data import default_collate  # noqa: PLC0415
+
+    good = [it for it in items if "_skip" not in it]
+    out = default_collate(good) if good else {}
+    out["_skipped"] = [it["_skip"] for it in items if "_skip" in it]
+    return out
+
+
+def _write_skipped(store_path: Path, items: list[dict]) -> None:
+    from leader.utils import atomic_write_json  # noqa: PLC0415
+
+    by_reason: dict[str, int] = {}
+    for it in items:
+        k = it["reason"].split(":", 1)[0]
+        by_reason[k] = by_reason.get(k, 0) + 1
+    atomic_write_json(store_path / "skipped.json", {
+        "policy": "skip", "count": len(items), "counts_by_reason": by_reason,
+        "items": sorted(items, key=lambda it: it["id"])})
+    if items:
+        log.warning("%d unreadable item(s) skipped, not embedded; listed in %s", len(items),
+                    store_path / "skipped.json")
 
 
 def _item_id(dataset: Dataset, i: int) -> str:
