@@ -212,6 +212,11 @@ def test_br07_rsna_one_row_per_box(tmp_path):
     assert m.boxes(0) == []  # no NaN / 0x0 box
     assert m.boxes(1) == [Box(264, 152, 477, 531, "Pneumonia"), Box(562, 152, 818, 605, "Pneumonia")]
     assert m.df["patient_id"].tolist() == ["p1", "p2"]
+    # patch extraction: 2 diseased patches for p2, none for p1 (no NaN / empty box)
+    from leader.patches import disease_patches
+
+    table, skipped = disease_patches(m)
+    assert skipped == [] and table["image_id"].value_counts().to_dict() == {"rsna/p2": 2}
     # stored at 512: boxes follow the stored size
     _png(root / "p1.png", 512, 512)
     _png(root / "p2.png", 512, 512)
@@ -283,6 +288,16 @@ def test_br17_tbx11k_synthetic(tmp_path):
     counts = m.label_counts().set_index("label")
     assert counts.loc["PulmonaryTuberculosis", "positive"] == 0  # reported: no positives
     assert counts.loc["PulmonaryTuberculosis", "unknown"] == 1
+
+
+def test_br17_empty_class_all_zero_and_reported(tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="leader.datasets.tbx11k")
+    m = read_tbx11k(_tbx_root(tmp_path), include_unlisted=False)
+    assert len(m) == 3 and m.df["label:PulmonaryTuberculosis"].tolist() == [0, 0, 0]  # all 0, no NaN
+    assert any("no positives" in r.getMessage() and "PulmonaryTuberculosis" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_tbx11k_split_from_json_name_and_bad_box(tmp_path):

@@ -60,6 +60,26 @@ def test_br10_default_policy_uncertain_ignore_blank_zero(tmp_path):
     assert m.df["view"].tolist() == ["AP", "PA", "LATERAL"]
 
 
+def test_br10_uncertain_excluded_from_loss_and_auc(tmp_path):
+    """Under "uncertain=ignore, blank=0" the -1 Edema of row 1 is NaN, which the evaluation
+    leaves out of both the probe's training loss and the AUC (its score never matters)."""
+    from leader.eval.linear_probe import fit_predict_multilabel
+    from leader.eval.metrics import binary_auc
+
+    m = read_chexpert(_chexpert(tmp_path), policy="uncertain=ignore, blank=0", check_files=False)
+    y = m.df["label:Edema"].to_numpy(dtype=np.float64)
+    assert np.isnan(y[0]) and y[1] == 0 and y[2] == 0
+    y = np.concatenate([y, [1.0, 1.0]])  # two positives so that the AUC is defined
+    s = np.array([0.5, 0.1, 0.2, 0.8, 0.9])
+    auc = binary_auc(y, s)
+    for v in (-5.0, 0.15, 5.0):  # the masked row's score never changes the AUC
+        assert binary_auc(y, np.r_[v, s[1:]]) == auc == 1.0
+    X = np.array([[0.0], [1.0], [2.0], [3.0], [4.0]])
+    base, _ = fit_predict_multilabel(X, y[:, None], [X], C=1.0)
+    moved, _ = fit_predict_multilabel(np.r_[[[100.0]], X[1:]], y[:, None], [X], C=1.0)
+    np.testing.assert_allclose(base[0], moved[0])  # the NaN row is not in the loss
+
+
 def test_br10_named_policies(tmp_path):
     root = _chexpert(tmp_path)
     ones = read_chexpert(root, uncertain="ones", check_files=False)

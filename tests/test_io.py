@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys
@@ -137,6 +136,24 @@ def test_br01_monochrome1_order_and_values(tmp_path):
     # reading again never flips it back
     np.testing.assert_array_equal(read_image(m1).pixels, a.pixels)
     np.testing.assert_array_equal(read_image(m1).pixels, a.pixels)
+
+
+def test_br01_cache_never_flips_back(tmp_path):
+    # "Reading the same file twice, or through a cache, never flips it back": the training
+    # dataset's in-memory cache returns the reader's polarity on every access.
+    from leader.manifest import make_manifest
+    from leader.patches import ImageDataset
+
+    m1 = make_dicom(tmp_path / "m1.dcm", [[4000, 4000], [300, 300]], photometric="MONOCHROME1",
+                    window=(2048, 4096), rescale=(1, 0))
+    direct = read_image(m1).pixels
+    ds = ImageDataset(make_manifest([{"id": "x/m1", "path": str(m1), "width": 2, "height": 2}]), 2)
+    first = ds[0]["image"][0].numpy()
+    np.testing.assert_allclose(first, direct, atol=1e-6)
+    assert first[0, 0] < 0.05 and first[1, 0] > 0.9  # air dark, bone bright
+    for _ in range(3):  # cached accesses: same array, never inverted again
+        np.testing.assert_array_equal(ds[0]["image"][0].numpy(), first)
+    np.testing.assert_array_equal(read_image(m1).pixels, direct)
 
 
 def test_br01_inversion_after_asymmetric_window(tmp_path):
@@ -326,6 +343,41 @@ def test_br03d_constant_zero_image(tmp_path):
         read_image(p2)
 
 
+def test_br03_skip_policy_lists_and_counts_dicom_failures(tmp_path, capsys):
+    """Under an explicit skip policy (``leader data index --on-error skip``) the files of
+    (a)-(c) are left out of the index and listed with their reason and counted in
+    ``<out>.skipped.json``; the default policy fails fast naming the first file."""
+    import json
+
+    from leader.cli import main
+
+    root = tmp_path / "dicoms"
+    root.mkdir()
+    make_dicom(root / "good.dcm", [[100, 200], [300, 400]], window=(2048, 4096))
+    a = make_dicom(root / "a_nopixels.dcm", [[1, 2], [3, 4]], with_pixels=False)
+    b = make_dicom(root / "b_nots.dcm", [[1, 2], [3, 4]], transfer_syntax=None)
+    c = make_dicom(root / "c_nodecoder.dcm", np.zeros((2, 2)), transfer_syntax="1.2.840.10008.1.2.4.100",
+                   pixel_data=encapsulate([b"\x00" * 16]))
+    out = tmp_path / "idx" / "dicoms.parquet"
+    args = ["data", "index", "--root", str(root), "--dataset", "folder", "--out", str(out)]
+    assert main(args) == 2  # fail fast by default
+    assert str(a) in capsys.readouterr().err and not out.exists()
+    with pytest.warns(UserWarning, match="skipped 3 row"):
+        assert main(args + ["--on-error", "skip"]) == 0
+    from leader.manifest import Manifest
+
+    assert Manifest.load(out).ids == ["folder/good"]
+    rep = json.loads((tmp_path / "idx" / "dicoms.skipped.json").read_text())
+    assert rep["policy"] == "skip" and rep["count"] == 3
+    assert rep["counts_by_reason"] == {"no decoder": 1, "no pixel data": 1, "no transfer syntax": 1}
+    reasons = {Path(it["path"]).name: (it["reason"], it["message"]) for it in rep["items"]}
+    assert reasons[a.name][0] == "no pixel data" and "missing pixel data" in reasons[a.name][1]
+    assert reasons[b.name][0] == "no transfer syntax" and "0002,0010" in reasons[b.name][1]
+    assert reasons[c.name][0] == "no decoder" and "1.2.840.10008.1.2.4.100" in reasons[c.name][1]
+    assert all(msg.startswith(str(root)) for _, msg in reasons.values())
+    assert "indexed 1 images, skipped 3" in capsys.readouterr().out
+
+
 # --------------------------------------------------------------------------- BR-04
 
 
@@ -338,6 +390,50 @@ def test_br04_16bit_png(tmp_path):
     assert_valid(img)
     np.testing.assert_allclose(img.pixels[0], [0, 0.01526, 0.06249, 0.45777, 1.0], atol=1e-5)
     assert img.meta.bit_depth == 16 and img.meta.format == "png" and img.meta.channels == 1
+
+
+def test_br04_branch_from_file_bit_depth_not_dataset_name(tmp_path):
+    vals16 = np.array([[0, 1000, 4095, 30000, 65535]], dtype=np.uint16)
+    vals8 = np.array([[0, 64, 128, 255, 255]], dtype=np.uint8)
+    # a 16-bit file where an 8-bit dataset lives and an 8-bit file in a "16-bit" dataset
+    p16 = tmp_path / "nih-chestxray14" / "images" / "00000001_000.png"
+    p8 = tmp_path / "padchest" / "16bit_216840111366964012819207061112010307142602253_04-014-084.png"
+    for p, v in ((p16, vals16), (p8, vals8)):
+        p.parent.mkdir(parents=True)
+        p.write_bytes(png_bytes(v))
+    a, b = read_image(p16), read_image(p8)
+    assert a.meta.bit_depth == 16 and b.meta.bit_depth == 8
+    np.testing.assert_allclose(a.pixels[0], vals16[0] / 65535, atol=1e-7)
+    np.testing.assert_allclose(b.pixels[0], vals8[0] / 255, atol=1e-7)
+    assert not np.allclose(a.pixels[0], [0, 1, 1, 1, 1], atol=0.05)  # never clamped to 8 bits
+
+
+def test_br04_replication_to_three_channels_after_scaling(tmp_path):
+    """The student gets the scaled [0, 1] grey image and replicates it to 3 channels inside
+    its forward, just before its mean/std normalisation (never an 8-bit or unscaled copy)."""
+    import torch
+
+    from leader.manifest import make_manifest
+    from leader.models import LeaderModel
+    from leader.patches import ImageDataset
+
+    rng = np.random.default_rng(0)
+    p = tmp_path / "p16.png"
+    p.write_bytes(png_bytes(rng.integers(0, 65536, size=(32, 32)).astype(np.uint16)))
+    ds = ImageDataset(make_manifest([{"id": "x/p16", "path": str(p), "width": 32, "height": 32}]), 32)
+    x = ds[0]["image"].unsqueeze(0)  # [1, 1, 32, 32]
+    assert x.shape == (1, 1, 32, 32) and 0 <= float(x.min()) and float(x.max()) <= 1
+    np.testing.assert_allclose(x[0, 0].numpy(), read_image(p).pixels, atol=1e-6)
+    model = LeaderModel("resnet18", {"disease": 4}, img_size=32).eval()
+    seen = {}
+    model.backbone.register_forward_pre_hook(lambda mod, args: seen.setdefault("x", args[0].detach()))
+    with torch.no_grad():
+        model(x)
+    got = seen["x"]
+    assert got.shape == (1, 3, 32, 32)
+    grey = got * model.pixel_std + model.pixel_mean  # undo the normalisation
+    for c in range(3):
+        torch.testing.assert_close(grey[:, c], x[:, 0], atol=1e-5, rtol=0)
 
 
 def test_br04_8bit_png(tmp_path):
@@ -475,6 +571,44 @@ def test_br14_crc_zeroed_png(png16, tmp_path, chunk):
         read_image(bad)
     assert str(exc.value).startswith(str(bad)) and "CRC" in str(exc.value)
     assert chunk.decode() in str(exc.value)
+
+
+def test_br14_skip_policy_excludes_damaged_pngs_at_index_time(png16, tmp_path, capsys):
+    """Both damaged copies are found when the index is built (not deep into an epoch): the
+    default policy stops naming the file; ``--on-error skip`` excludes them, lists each with
+    its reason in ``<out>.skipped.json`` and counts them."""
+    import json
+    import shutil
+
+    from leader.cli import main
+    from leader.manifest import Manifest
+
+    p, _ = png16
+    root = tmp_path / "padchest-like"
+    root.mkdir()
+    shutil.copyfile(p, root / "valid16.png")
+    data = p.read_bytes()
+    (root / "cut60.png").write_bytes(data[: int(len(data) * 0.6)])
+    bad = bytearray(data)
+    ctype, pos, length = next(c for c in png_chunks(data) if c[0] == b"IDAT")
+    bad[pos + 8 + length: pos + 12 + length] = b"\0\0\0\0"
+    (root / "crc0.png").write_bytes(bytes(bad))
+    out = tmp_path / "m.parquet"
+    args = ["data", "index", "--root", str(root), "--dataset", "folder", "--out", str(out)]
+    assert main(args) == 2 and str(root / "crc0.png") in capsys.readouterr().err  # fail fast
+    with pytest.warns(UserWarning, match="skipped 2 row"):
+        assert main(args + ["--on-error", "skip"]) == 0
+    assert Manifest.load(out).ids == ["folder/valid16"]
+    rep = json.loads((tmp_path / "m.skipped.json").read_text())
+    assert rep["count"] == 2 and rep["counts_by_reason"] == {"corrupt": 1, "truncated": 1}
+    by_name = {Path(it["path"]).name: it for it in rep["items"]}
+    assert by_name["cut60.png"]["reason"] == "truncated" and "truncated PNG" in by_name["cut60.png"]["message"]
+    assert by_name["crc0.png"]["reason"] == "corrupt" and "CRC" in by_name["crc0.png"]["message"]
+    assert "skipped 2 (corrupt: 1, truncated: 1)" in capsys.readouterr().out
+    # the project never sets Pillow's process-wide flag for truncated images
+    assert ImageFile.LOAD_TRUNCATED_IMAGES is False
+    src = Path(__file__).parents[1] / "src" / "leader"
+    assert not [f for f in src.rglob("*.py") if "LOAD_TRUNCATED_IMAGES =" in f.read_text()]
 
 
 def test_br14_damage_detected_even_if_pillow_flag_set(png16, tmp_path, monkeypatch):

@@ -10,6 +10,14 @@
     siim tbx11k covidx covid chestx-det node21 jsrt shenzhen folder``). ``--no-check-files``
     reads metadata only and never opens or stats an image.
 
+    ``--on-error raise`` (default, fail fast) stops at the first unreadable, truncated or
+    corrupt image; ``--on-error skip`` leaves such images out. Either way the images left
+    out (also missing files, which are always skipped) are listed with their reason in
+    ``<out stem>.skipped.json`` next to the manifest (``{"policy", "count",
+    "counts_by_reason", "items": [{"id", "path", "dataset", "reason", "message"}]}``, written
+    atomically, also when nothing was skipped) and counted in the log line ``indexed X
+    images, skipped N (reason: count, ...)``.
+
 ``leader data split --manifest IN --out OUT [--val 0.1] [--test 0.1] [--seed 0]
 [--fractions 0.01,0.05,0.1] [--no-official] [--dedup]``
 
@@ -21,7 +29,17 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def skipped_report_path(out: str | Path) -> Path:
+    """``M.parquet`` -> ``M.skipped.json`` (same folder)."""
+    out = Path(out)
+    stem = out.name[: -len(out.suffix)] if out.suffix else out.name
+    return out.with_name(f"{stem}.skipped.json")
 
 
 def _parse_value(v: str):
@@ -33,7 +51,9 @@ def _parse_value(v: str):
 
 def _cmd_index(a) -> int:
     from leader.datasets import harmonise as _harmonise  # noqa: PLC0415
+    from leader.datasets._common import collect_skipped, skip_report  # noqa: PLC0415
     from leader.datasets.pack import index_root, read_dataset  # noqa: PLC0415
+    from leader.utils import atomic_write_json  # noqa: PLC0415
     from leader.datasets.views import filter_views  # noqa: PLC0415
 
     check = not a.no_check_files
@@ -46,19 +66,36 @@ def _cmd_index(a) -> int:
     for name in ("uncertain", "blank", "policy", "radiologists"):
         if getattr(a, name, None) is not None:
             opts[name] = getattr(a, name)
-    if a.dataset:
-        m = read_dataset(a.dataset, a.root, a.metadata, check_files=check, on_error=a.on_error, **opts)
-    else:
-        if a.metadata or opts:
-            raise SystemExit("--metadata and reader options need --dataset")
-        m = index_root(a.root, check_files=check, on_error=a.on_error)
+    if not a.dataset and (a.metadata or opts):
+        raise SystemExit("--metadata and reader options need --dataset")
+    with collect_skipped() as skipped:
+        if a.dataset:
+            m = read_dataset(a.dataset, a.root, a.metadata, check_files=check, on_error=a.on_error, **opts)
+        else:
+            m = index_root(a.root, check_files=check, on_error=a.on_error)
     if a.views and a.views != "all":
         groups = [v.strip() for v in a.views.split(",") if v.strip()]
         m, rep = filter_views(m, groups[0] if len(groups) == 1 else groups)
         print(rep)
     if a.harmonise:
         m = _harmonise(m, keep_native=a.keep_native)
-    m.save(a.out)
+    from leader import faults  # noqa: PLC0415
+    from leader.errors import write_error  # noqa: PLC0415
+
+    had = Path(a.out).is_file()
+    try:  # atomic (temporary file + os.replace): a kill or a full disk leaves the old manifest
+        faults.point("index.before_write")
+        m.save(a.out)
+    except OSError as exc:
+        raise write_error(exc, a.out, intact=f"the previous manifest {a.out}" if had else None) from exc
+    faults.point("index.after_write")
+    report = skip_report(skipped, a.on_error)
+    report_path = skipped_report_path(a.out)
+    atomic_write_json(report_path, report)
+    reasons = ", ".join(f"{k}: {v}" for k, v in report["counts_by_reason"].items())
+    line = f"indexed {len(m)} images, skipped {report['count']}" + (f" ({reasons})" if reasons else "")
+    (log.warning if report["count"] else log.info)("%s; report %s", line, report_path)
+    print(f"{line}; report {report_path}")
     print(f"{len(m)} images -> {a.out}")
     print(m.df["dataset"].value_counts().to_string())
     print("splits:", m.df["split"].value_counts().to_dict())
@@ -114,7 +151,8 @@ def register(sub, groups) -> None:
     i.add_argument("--metadata", nargs="+", default=None, help="explicit metadata file(s) for --dataset")
     i.add_argument("--no-check-files", action="store_true", help="metadata only; never touch image files")
     i.add_argument("--on-error", choices=("raise", "skip"), default="raise",
-                   help="unreadable image headers: raise (default) or skip with a counted warning")
+                   help="unreadable, truncated or corrupt images: raise (default, fail fast) or skip them; "
+                        "skipped images are listed with their reason in OUT_STEM.skipped.json")
     i.add_argument("--views", default=None,
                    help="keep only these views: frontal, pa, ap, lateral, all, or a comma list (PA,AP,AP AXIAL)")
     i.add_argument("--harmonise", action="store_true", help="map labels onto the harmonised vocabulary")

@@ -272,9 +272,12 @@ class Manifest:
             raise ManifestError(f"manifest has empty ids at rows {list(np.flatnonzero(empty)[:5])}")
         dup = df["id"].duplicated(keep=False)
         if dup.any():
+            first = sorted(set(df.loc[dup, "id"]))[0]
+            rows = np.flatnonzero((df["id"] == first).to_numpy())
             raise ManifestError(
                 f"manifest ids are not unique: {sorted(set(df.loc[dup, 'id']))[:5]} "
-                f"({int(dup.sum())} rows involved)"
+                f"({int(dup.sum())} rows involved); {first!r} is at rows {rows[:5].tolist()} "
+                f"with paths {df['path'].iloc[rows[:5]].tolist()}"
             )
 
         for c in ("width", "height"):
@@ -561,29 +564,42 @@ class Manifest:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Manifest":
-        """Read a manifest written by :meth:`save` (validated on load)."""
+        """Read a manifest written by :meth:`save` (validated on load).
+
+        Raises:
+            ManifestError: the file is missing, not Parquet, damaged (pyarrow cannot decode
+                it), its ``boxes`` / ``landmarks`` columns have the wrong structure, or the
+                table fails validation; the message starts with the path.
+            BoxError: an invalid box (message starts with the path and names the image id).
+        """
         import pyarrow.parquet as pq
 
         path = Path(path)
         try:
             table = pq.read_table(path)
-        except Exception as e:  # noqa: BLE001 - report the file
-            raise ManifestError(f"{path}: cannot read manifest Parquet: {e}") from e
-        df = table.to_pandas()
-        if "boxes" in df.columns:
-            df["boxes"] = pd.Series(
-                [[] if b is None else [dict(d) for d in b] for b in df["boxes"].tolist()],
-                index=df.index, dtype=object,
-            )
-        if "landmarks" in df.columns:
-            df["landmarks"] = pd.Series(
-                [None if a is None else np.asarray(a, dtype=np.float64) for a in df["landmarks"].tolist()],
-                index=df.index, dtype=object,
-            )
+            table.validate(full=True)  # e.g. invalid UTF-8 in a string column, found only on access
+            df = table.to_pandas()
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many types on damaged files
+            raise ManifestError(f"{path}: cannot read manifest Parquet: {type(e).__name__}: {e}") from None
+        try:
+            if "boxes" in df.columns:
+                df["boxes"] = pd.Series(
+                    [[] if b is None else [dict(d) for d in b] for b in df["boxes"].tolist()],
+                    index=df.index, dtype=object,
+                )
+            if "landmarks" in df.columns:
+                df["landmarks"] = pd.Series(
+                    [None if a is None else np.asarray(a, dtype=np.float64) for a in df["landmarks"].tolist()],
+                    index=df.index, dtype=object,
+                )
+        except (TypeError, ValueError) as e:
+            raise ManifestError(f"{path}: column 'boxes' or 'landmarks' has the wrong structure: {e}") from None
         try:
             return cls(df)
         except ManifestError as e:
             raise ManifestError(f"{path}: {e}") from None
+        except BoxError as e:
+            raise BoxError(f"{path}: {e}") from None
 
 
 # --------------------------------------------------------------------------------------

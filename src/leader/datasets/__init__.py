@@ -5,9 +5,13 @@ Every reader has the form ``read_X(root, ..., check_files=True, on_error="raise"
 * ``check_files=True``: rows whose image file is missing are skipped with one
   :class:`MissingFileWarning` naming the count and the first ids; ``width``/``height``
   (and ``pixel_spacing`` when the header has it and the metadata does not) come from
-  :func:`leader.io.read_header` (no pixel decode). ``on_error="skip"`` also skips images
-  whose header cannot be read (one :class:`UnreadableFileWarning` with the reasons);
-  the default ``"raise"`` propagates :class:`leader.errors.ImageReadError`.
+  :func:`leader.io.verify_image` (header plus a structural check of the whole file --
+  PNG CRCs, JPEG end marker, DICOM pixel data / transfer syntax / decoder, declared-size
+  limit -- without decoding pixels). ``on_error="skip"`` also skips images that fail it
+  (one :class:`UnreadableFileWarning` with the reasons); the default ``"raise"`` propagates
+  :class:`leader.errors.ImageReadError` (fail fast). Every skipped image is recorded in the
+  active :func:`collect_skipped` list (``leader data index`` writes it as
+  ``<out>.skipped.json`` with :func:`skip_report`).
 * ``check_files=False``: no image file is opened or stat'ed (folders may be listed to
   locate files); sizes come from metadata or the dataset's documented release size.
 
@@ -74,7 +78,8 @@ Dataset names (``dataset`` column / id prefix): ``nih``, ``tbx11k``, ``jsrt``,
 
 from __future__ import annotations
 
-from ._common import MissingFileWarning, UnknownLabelWarning, UnreadableFileWarning, UnreadableRowWarning
+from ._common import (MissingFileWarning, SkippedItem, UnknownLabelWarning, UnreadableFileWarning,
+                      UnreadableRowWarning, collect_skipped, skip_report)
 from .chestx_det import CHESTX_DET_CLASSES, read_chestx_det
 from .chexpert import CHEXPERT_LABELS, read_chexpert
 from .covid import read_covid_metadata
@@ -106,10 +111,12 @@ __all__ = [
     "CHESTX_DET_CLASSES",
     "TBX11K_CATEGORIES",
     "MissingFileWarning",
+    "SkippedItem",
     "UnreadableFileWarning",
     "UnreadableRowWarning",
     "UnknownLabelWarning",
     "assign_splits",
+    "collect_skipped",
     "detect_dataset",
     "duplicate_groups",
     "filter_views",
@@ -135,5 +142,6 @@ __all__ = [
     "read_siim",
     "read_tbx11k",
     "read_vindr",
+    "skip_report",
     "view_counts",
 ]

@@ -1,13 +1,16 @@
-"""Helpers shared by the dataset readers (file discovery, header reads, skip warnings)."""
+"""Helpers shared by the dataset readers (file discovery, header reads, skip warnings,
+the skip report)."""
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import os
 import re
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from leader.errors import ImageReadError, ManifestError
 
@@ -34,16 +37,80 @@ class HeaderInfo:
     pixel_spacing: float | None  # mm per pixel, column direction
 
 
+@dataclass(frozen=True)
+class SkippedItem:
+    """One image left out of an index: ``id``, ``path``, ``dataset``, a short ``reason``
+    category (``"missing file"``, ``"truncated"``, ``"corrupt"``, ``"no pixel data"``, ...;
+    see :func:`leader.io.reason_code`) and the full error ``message``."""
+
+    id: str
+    path: str
+    dataset: str
+    reason: str
+    message: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_SKIPPED: contextvars.ContextVar[list[SkippedItem] | None] = contextvars.ContextVar(
+    "leader_skipped_items", default=None)
+
+
+@contextlib.contextmanager
+def collect_skipped() -> Iterator[list[SkippedItem]]:
+    """Collect every image the readers leave out while the ``with`` block runs.
+
+    ``with collect_skipped() as skipped: m = index_root(root, on_error="skip")`` fills
+    ``skipped`` with one :class:`SkippedItem` per missing file and per unreadable file
+    (``on_error="skip"``), in reader order. Nested blocks each see their own items and pass
+    them on to the enclosing block. Readers behave the same without a collector (the
+    warnings are always emitted).
+    """
+    items: list[SkippedItem] = []
+    outer = _SKIPPED.get()
+    token = _SKIPPED.set(items)
+    try:
+        yield items
+    finally:
+        _SKIPPED.reset(token)
+        if outer is not None:
+            outer.extend(items)
+
+
+def record_skipped(dataset: str, image_id: str, path: str | os.PathLike, reason: str,
+                   message: str = "") -> None:
+    """Add one item to the active :func:`collect_skipped` list (no-op without one)."""
+    items = _SKIPPED.get()
+    if items is not None:
+        items.append(SkippedItem(str(image_id), str(path), str(dataset), reason, message or reason))
+
+
+def skip_report(items: Sequence[SkippedItem], policy: str) -> dict:
+    """The JSON-ready skip report ``{"policy", "count", "counts_by_reason", "items"}``
+    (``items``: ``{"id", "path", "dataset", "reason", "message"}``, counts sorted by count)."""
+    counts: dict[str, int] = {}
+    for it in items:
+        counts[it.reason] = counts.get(it.reason, 0) + 1
+    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    return {"policy": policy, "count": len(items), "counts_by_reason": counts,
+            "items": [it.to_dict() for it in items]}
+
+
 def read_size(path: str | os.PathLike) -> HeaderInfo:
     """Stored width/height (pixels) and column pixel spacing (mm, or None) of an image,
-    from :func:`leader.io.read_header` (no pixel decode; format sniffed from content).
+    from :func:`leader.io.verify_image`: the header plus a structural check of the file
+    (PNG chunk CRCs and ``IEND``, JPEG end marker, DICOM pixel data / transfer syntax /
+    decoder, MetaImage data, declared-size limit) without decoding pixels, so that a damaged
+    file is found when the index is built.
 
     Raises:
-        ImageReadError: the header cannot be read (message starts with the path).
+        ImageReadError: the file is unreadable, truncated or corrupt (message starts with
+            the path); DicomReadError for DICOM problems.
     """
-    from leader.io import read_header
+    from leader.io import verify_image
 
-    meta = read_header(Path(path))
+    meta = verify_image(Path(path))
     ps = getattr(meta, "pixel_spacing", None)
     col_mm = None
     if ps is not None:
@@ -84,8 +151,15 @@ def read_sizes(
 
     Returns ``(infos, missing_ids, unreadable_ids)``; ``infos[i]`` is None for a missing or
     (with ``on_error="skip"``) unreadable file. Emits one :class:`MissingFileWarning`
-    and one :class:`UnreadableFileWarning` (with the reasons) when rows are skipped.
+    and one :class:`UnreadableFileWarning` (with the reasons) when rows are skipped, and
+    records every skipped file in the active :func:`collect_skipped` list.
+
+    Raises:
+        ImageReadError: (``on_error="raise"``) the first unreadable, truncated or corrupt
+            file; the message starts with its path.
     """
+    from leader.io import reason_code
+
     check_on_error(on_error)
     infos: list[HeaderInfo | None] = []
     missing: list[str] = []
@@ -96,6 +170,7 @@ def read_sizes(
         if not p.is_file():
             missing.append(i)
             infos.append(None)
+            record_skipped(dataset, i, p, "missing file", f"{p}: image file not found")
             continue
         try:
             infos.append(read_size(p))
@@ -105,9 +180,10 @@ def read_sizes(
             unreadable.append(i)
             reasons.append(f"{i} ({e})")
             infos.append(None)
+            record_skipped(dataset, i, p, reason_code(e), str(e))
     warn_skipped(dataset, missing, "image file missing", root)
     if unreadable:
-        warn_skipped(dataset, reasons, "image header unreadable", root, UnreadableFileWarning)
+        warn_skipped(dataset, reasons, "image unreadable, truncated or corrupt", root, UnreadableFileWarning)
     return infos, missing, unreadable
 
 
@@ -199,36 +275,141 @@ def warn_rows(dataset: str, path: Path | str, rows: Sequence, reason: str,
     warnings.warn(f"{dataset}: {path}: {len(rows)} row(s) {reason}: {head}{more}", category, stacklevel=3)
 
 
+def _read_bytes(path: Path, what: str) -> bytes:
+    """The (decompressed) bytes of a ``.csv``, ``.csv.gz`` or single-file ``.zip``."""
+    import gzip
+    import zipfile
+    import zlib
+
+    try:
+        if path.suffix.lower() == ".gz":
+            with gzip.open(path, "rb") as fh:
+                return fh.read()
+        if path.suffix.lower() == ".zip":
+            with zipfile.ZipFile(path) as z:
+                names = [n for n in z.namelist() if not n.endswith("/")]
+                if len(names) != 1:
+                    raise ManifestError(f"{path}: cannot read {what}: the zip holds {len(names)} files, "
+                                        "expected exactly one")
+                return z.read(names[0])
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise ManifestError(f"{path}: {what} not found") from None
+    except (OSError, EOFError, zlib.error, zipfile.BadZipFile, RuntimeError) as e:
+        raise ManifestError(f"{path}: cannot read {what}: {type(e).__name__}: {e}") from None
+
+
+def _decode_utf8(path: Path, data: bytes, what: str) -> str:
+    """Decode as UTF-8 (a BOM is dropped); invalid bytes raise naming line and column."""
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        start = e.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        col = start - (data.rfind(b"\n", 0, start) + 1) + 1
+        raise ManifestError(f"{path}: line {line}: cannot read {what}: byte 0x{data[start]:02x} at column "
+                            f"{col} is not valid UTF-8 (re-save the file as UTF-8)") from None
+
+
+def check_csv_rows(path: Path | str, data: bytes, what: str = "metadata CSV") -> list[str]:
+    """Check that every non-blank record of comma-separated ``data`` has as many fields as
+    the header (trailing empty header fields may be omitted) and that header names are
+    unique; returns the header fields. Quoted fields (with commas or newlines inside) are
+    honoured; vectorised, so it costs little next to the parse itself.
+
+    Raises:
+        ManifestError: naming the file, the line and the field counts, or the duplicate name.
+    """
+    import csv as _csv
+
+    import numpy as np
+
+    buf = np.frombuffer(data, dtype=np.uint8)
+    if not buf.size:
+        return []
+    quotes = np.flatnonzero(buf == 34)
+    nl = np.flatnonzero(buf == 10)
+    commas = np.flatnonzero(buf == 44)
+    if quotes.size:
+        nl = nl[np.searchsorted(quotes, nl) % 2 == 0]
+        commas = commas[np.searchsorted(quotes, commas) % 2 == 0]
+    starts = np.concatenate([[0], nl + 1])
+    ends = np.concatenate([nl, [buf.size]])
+    fields = np.bincount(np.searchsorted(nl, commas), minlength=starts.size)[:starts.size] + 1
+    length = ends - starts
+    blank = (length == 0) | ((length == 1) & (buf[np.minimum(starts, buf.size - 1)] == 13))
+    head_text = data[:int(ends[0])].decode("utf-8-sig", errors="replace").rstrip("\r")
+    try:
+        header = next(_csv.reader([head_text]))
+    except (StopIteration, _csv.Error):
+        header = []
+    names = [h.strip() for h in header]
+    seen: set[str] = set()
+    for nm in names:
+        if nm and nm in seen:
+            raise ManifestError(f"{path}: line 1: duplicate column name {nm!r} in the header of the {what}")
+        seen.add(nm)
+    n_max = int(fields[0])
+    n_min = n_max
+    while n_min > 1 and n_min - 1 < len(names) and not names[n_min - 1]:
+        n_min -= 1
+    bad = ~blank & ((fields < n_min) | (fields > n_max))
+    bad[0] = False
+    if bad.any():
+        r = int(np.flatnonzero(bad)[0])
+        text = data[int(starts[r]):int(ends[r])][:120].decode("utf-8", errors="replace").rstrip("\r")
+        more = "more" if fields[r] > n_max else "fewer"
+        raise ManifestError(f"{path}: line {r + 1}: {int(fields[r])} fields, {more} fields than the "
+                            f"header ({n_max}): wrong column count in {text!r}")
+    return header
+
+
 def read_table(path: str | os.PathLike, *, what: str = "metadata CSV", **kw):
     """``pandas.read_csv`` of a ``.csv``, ``.csv.gz`` or single-file ``.zip`` with errors
-    turned into :class:`~leader.errors.ManifestError` naming the file.
+    turned into :class:`~leader.errors.ManifestError` naming the file (and line).
 
     Defaults: every column as Python ``str`` (object), blanks as NaN
     (``keep_default_na=False``, ``na_values=[""]``) so that values such as ``"None"`` or
-    ``"NA"`` stay literal; ``index_col=False``. A row with more fields than the header raises
-    (instead of pandas' silent column shift).
+    ``"NA"`` stay literal; ``index_col=False``. The file must be UTF-8 (a BOM is allowed);
+    every row must have the header's number of fields (:func:`check_csv_rows`: pandas would
+    otherwise shift a long row's columns or fill a short row with blanks silently); header
+    names must be unique after stripping spaces.
+
+    Raises:
+        ManifestError: file missing or unreadable (bad gzip/zip), invalid UTF-8 (names line
+            and column), a row with the wrong number of fields (names the line), duplicate
+            column names, any pandas parse error.
     """
+    import io
+
     import pandas as pd
 
     path = Path(path)
+    data = _read_bytes(path, what)
+    _decode_utf8(path, data, what)
+    if kw.get("sep", kw.get("delimiter", ",")) == ",":
+        check_csv_rows(path, data, what)
     kw.setdefault("dtype", object)
     kw.setdefault("keep_default_na", False)
     kw.setdefault("na_values", [""])
     kw.setdefault("index_col", False)  # never silently shift columns when rows are too long
+    kw.setdefault("encoding", "utf-8-sig")
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", pd.errors.ParserWarning)
-            df = pd.read_csv(path, **kw)
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: {what} not found") from None
+            df = pd.read_csv(io.BytesIO(data), **kw)
     except (OSError, ValueError, pd.errors.ParserError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot read {what}: {e}") from None
+        raise ManifestError(f"{path}: cannot read {what}: {type(e).__name__}: {e}") from None
     for w in caught:
         if issubclass(w.category, pd.errors.ParserWarning):
             raise ManifestError(f"{path}: cannot read {what}: data rows have more fields than the header "
                                 f"({w.message})")
         warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
-    df.columns = [str(c).strip() for c in df.columns]
+    cols = [str(c).strip() for c in df.columns]
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    if dup:
+        raise ManifestError(f"{path}: line 1: duplicate column name(s) {dup} in the header of the {what}")
+    df.columns = cols
     return df
 
 
@@ -243,6 +424,7 @@ def csv_header(path: Path) -> list[str]:
     ``[]`` when unreadable. Reads at most 64 KiB."""
     import gzip
     import zipfile
+    import zlib
 
     try:
         if path.suffix.lower() == ".gz":
@@ -258,14 +440,14 @@ def csv_header(path: Path) -> list[str]:
         else:
             with open(path, "rb") as fh:
                 line = fh.readline(65536)
-    except (OSError, EOFError, zipfile.BadZipFile):
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError):
         return []
     text = line.decode("latin-1").strip().lstrip("\ufeff").lstrip("ï»¿")
     import csv as _csv
 
     try:
         row = next(_csv.reader([text]))
-    except StopIteration:
+    except (StopIteration, _csv.Error):  # e.g. a stray carriage return inside the line
         return []
     return [c.strip() for c in row]
 

@@ -69,14 +69,17 @@ def covid_finding_labels(finding) -> tuple[float, float, bool]:
 
 
 def _read_csv_text(path: Path) -> pd.DataFrame:
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read metadata CSV: {e}") from None
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError:
-        text = raw.decode("latin-1")
+        text = raw.decode("latin-1")  # some COVID metadata files are Latin-1
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
-    except pd.errors.ParserError as e:
+    except (pd.errors.ParserError, ValueError) as e:  # ValueError: EmptyDataError
         raise ManifestError(f"{path}: cannot parse metadata CSV: {e}") from None
     df.columns = [str(c).strip() for c in df.columns]
     return df

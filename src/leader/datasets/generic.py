@@ -30,8 +30,8 @@ import pandas as pd
 from leader.errors import ManifestError
 from leader.manifest import Manifest, make_manifest
 
-from ._common import (IMAGE_SUFFIXES, as_root, check_on_error, read_sizes, split_from_path,
-                      unique_ids, warn_skipped)
+from ._common import (IMAGE_SUFFIXES, as_root, check_on_error, read_sizes, read_table, record_skipped,
+                      split_from_path, unique_ids, warn_skipped)
 
 __all__ = ["read_folder", "is_mask_path", "list_images"]
 
@@ -73,8 +73,10 @@ def read_folder(
     """Index a folder of images (and optional labels CSV); see the module docstring.
 
     Raises:
-        ManifestError: CSV unreadable, a named column missing, a label value outside
-            1/0/blank (names the CSV row), two CSV rows for one image.
+        ManifestError: CSV unreadable (see :func:`~leader.datasets._common.read_table`: not
+            UTF-8, wrong column count, duplicate column names), a named column missing, a
+            label value outside 1/0/blank (names the CSV row), two CSV rows for one image.
+        ImageReadError: (``on_error="raise"``) an unreadable, truncated or corrupt image.
     """
     check_on_error(on_error)
     root = as_root(root)
@@ -84,11 +86,9 @@ def read_folder(
     names: list[str] = []
     if labels_csv is not None:
         csv_path = Path(labels_csv)
-        try:
-            df = pd.read_csv(csv_path, dtype=str, keep_default_na=False, na_values=[""])
-        except (OSError, pd.errors.ParserError, UnicodeDecodeError) as e:
-            raise ManifestError(f"{csv_path}: cannot read labels CSV: {e}") from None
-        df.columns = [str(c).strip() for c in df.columns]
+        df = read_table(csv_path, what="labels CSV")
+        if not len(df.columns):
+            raise ManifestError(f"{csv_path}: labels CSV has no columns")
         if path_column is None and id_column is None:
             id_column = df.columns[0]
         for c in (id_column, path_column):
@@ -142,8 +142,12 @@ def read_folder(
             labels_by_path[p] = vals
         extra = [p for p in labels_by_path if p not in image_set]
         if check_files:
-            warn_skipped(dataset, [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in extra],
-                         "labelled image not found", root)
+            rels = [str(p.relative_to(root)) if p.is_relative_to(root) else str(p) for p in extra]
+            warn_skipped(dataset, rels, "labelled image not found", root)
+            for p, rel in zip(extra, rels):
+                stem = Path(rel).with_suffix("").as_posix() if Path(rel).name else rel
+                record_skipped(dataset, f"{dataset}/{stem}", p, "missing file",
+                               f"{p}: labelled in {csv_path} but the image file is not found")
         else:
             images = images + extra
 

@@ -65,6 +65,17 @@ log = logging.getLogger(__name__)
 MIMIC_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 
 
+def _id_column(df: pd.DataFrame, name: str, path: Path) -> np.ndarray:
+    """Stripped string ids (a float-looking ``"123.0"`` -> ``"123"``); a blank cell raises
+    :class:`ManifestError` naming the file and line."""
+    col = df[name].fillna("").astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+    vals = col.to_numpy(dtype=object)
+    empty = vals == ""
+    if empty.any():
+        raise ManifestError(f"{path}: line {int(np.flatnonzero(empty)[0]) + 2}: empty {name}")
+    return vals
+
+
 def _classify(files: Sequence[Path]) -> dict[str, Path]:
     out: dict[str, Path] = {}
     for f in files:
@@ -107,8 +118,9 @@ def read_mimic(
             from headers; False opens nothing (sizes from ``Rows``/``Columns``).
 
     Raises:
-        ManifestError: no metadata CSV, missing columns, empty / duplicate ``dicom_id``
-            (names file and line), an unknown ``split`` value.
+        ManifestError: no metadata CSV, malformed CSV (invalid UTF-8, wrong column count),
+            missing columns, empty / duplicate ``dicom_id``, empty ``subject_id`` /
+            ``study_id`` (names file and line), an unknown ``split`` value.
         ValueError: unknown policy / labeler.
     """
     check_on_error(on_error)
@@ -138,8 +150,8 @@ def read_mimic(
     if dup.any():
         k = int(np.flatnonzero(dup)[0])
         raise ManifestError(f"{meta_path}: line {k + 2}: duplicate dicom_id {dicom[k]!r}")
-    subj = meta["subject_id"].astype(str).str.strip().str.replace(r"\.0$", "", regex=True).to_numpy(dtype=object)
-    study = meta["study_id"].astype(str).str.strip().str.replace(r"\.0$", "", regex=True).to_numpy(dtype=object)
+    subj = _id_column(meta, "subject_id", meta_path)
+    study = _id_column(meta, "study_id", meta_path)
 
     # ---- views ----------------------------------------------------------------------
     raw_view = meta["ViewPosition"] if "ViewPosition" in meta else pd.Series([np.nan] * n)
@@ -156,7 +168,7 @@ def read_mimic(
     if lab_path is not None:
         lab = read_table(lab_path, what=f"MIMIC-CXR {labeler} labels")
         require_columns(lab, lab_path, ["study_id"])
-        lab_study = lab["study_id"].astype(str).str.strip().str.replace(r"\.0$", "", regex=True)
+        lab_study = pd.Series(_id_column(lab, "study_id", lab_path), dtype=object)
         d = lab_study.duplicated().to_numpy()
         if d.any():
             k = int(np.flatnonzero(d)[0])
@@ -190,7 +202,7 @@ def read_mimic(
             raise ManifestError(f"{sp_path}: line {k + 2}: unknown split {sp['split'].iat[k]!r} "
                                 f"(expected {sorted(MIMIC_SPLITS)})")
         smap = pd.Series(sv.map(MIMIC_SPLITS).to_numpy(dtype=object),
-                         index=sp["dicom_id"].astype(str).str.strip().to_numpy(dtype=object))
+                         index=sp["dicom_id"].fillna("").astype(str).str.strip().to_numpy(dtype=object))
         smap = smap[~smap.index.duplicated()]
         got = smap.reindex(dicom)
         missing = got.isna().to_numpy()

@@ -43,7 +43,6 @@ size is ``stored_size`` (default 1024, the NIH release size).
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import math
 import os
@@ -57,7 +56,7 @@ import pandas as pd
 from leader.errors import BoxError, ManifestError
 from leader.manifest import LABEL_PREFIX, Box, Manifest, make_manifest
 
-from ._common import as_root, check_on_error, find_first, read_sizes
+from ._common import _decode_utf8, _read_bytes, as_root, check_csv_rows, check_on_error, find_first, read_sizes
 
 __all__ = ["read_nih", "NIH_LABELS", "NIH_BOX_LABEL_MAP", "read_bbox_list"]
 
@@ -75,10 +74,14 @@ NIH_BOX_LABEL_MAP = {"Infiltrate": "Infiltration"}
 NIH_FRAME = 1024.0  # NIH boxes and the released PNGs are 1024x1024
 
 
-def _open_text(path: Path) -> io.TextIOBase:
-    if path.suffix.lower() == ".gz":
-        return io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8-sig", newline="")
-    return open(path, encoding="utf-8-sig", newline="")
+def _read_text(path: Path, what: str, check_rows: bool = False) -> str:
+    """The UTF-8 text of a ``.csv`` / ``.csv.gz`` (ManifestError naming the file, and the
+    line for invalid UTF-8 or, with ``check_rows``, a wrong number of fields)."""
+    data = _read_bytes(path, what)
+    text = _decode_utf8(path, data, what)
+    if check_rows:
+        check_csv_rows(path, data, what)
+    return text
 
 
 def _find_col(fields: list[str], prefix: str) -> int | None:
@@ -92,8 +95,11 @@ def _find_col(fields: list[str], prefix: str) -> int | None:
 def _read_data_entry(path: Path) -> pd.DataFrame:
     """Data_Entry as a DataFrame with normalised columns ``image, findings, patient,
     view, orig_w, spacing_x`` (the last four may be absent -> NaN)."""
-    with _open_text(path) as fh:
-        header = next(csv.reader(fh), None)
+    text = _read_text(path, "NIH Data_Entry CSV", check_rows=True)
+    try:
+        header = next(csv.reader(io.StringIO(text, newline="")), None)
+    except csv.Error as e:
+        raise ManifestError(f"{path}: line 1: cannot parse the header: {e}") from None
     if not header:
         raise ManifestError(f"{path}: empty Data_Entry file")
     ci = {
@@ -111,19 +117,22 @@ def _read_data_entry(path: Path) -> pd.DataFrame:
     use = {k: v for k, v in ci.items() if v is not None}
     names = list(range(len(header)))
     str_cols = {use[k] for k in ("image", "findings", "patient", "view") if k in use}
+    _, _, body = text.partition("\n")
     try:
-        df = pd.read_csv(
-            path,
-            header=None,
-            skiprows=1,
-            names=names,
-            usecols=sorted(use.values()),
-            dtype={c: str for c in str_cols},
-            keep_default_na=False,
-            na_values={c: [""] for c in names},
-            skip_blank_lines=True,
-            encoding="utf-8-sig",
-        )
+        if not body.strip():  # header only (pandas' skiprows=1 trips over that)
+            df = pd.DataFrame({c: pd.Series([], dtype=object) for c in sorted(use.values())})
+        else:
+            df = pd.read_csv(
+                io.StringIO(text),
+                header=None,
+                skiprows=1,
+                names=names,
+                usecols=sorted(use.values()),
+                dtype={c: str for c in str_cols},
+                keep_default_na=False,
+                na_values={c: [""] for c in names},
+                skip_blank_lines=True,
+            )
     except (pd.errors.ParserError, ValueError) as e:
         raise ManifestError(f"{path}: cannot parse Data_Entry: {e}") from None
     out = pd.DataFrame({k: df[v] for k, v in use.items()})
@@ -160,46 +169,58 @@ def read_bbox_list(path: str | os.PathLike) -> dict[str, list[tuple[str, float, 
     mapped with :data:`NIH_BOX_LABEL_MAP`. Trailing empty fields are ignored.
 
     Raises:
-        ManifestError: a row with fewer than 6 fields, an empty image/label, or a missing
-            or non-numeric coordinate (names the file, line and image).
+        ManifestError: unreadable file or invalid UTF-8 (names the line), a row with fewer or
+            more than 6 non-empty-trailing fields, an empty image/label, a missing,
+            non-numeric or non-finite coordinate, a non-positive size (names the file, line
+            and image).
     """
     path = Path(path)
     out: dict[str, list[tuple[str, float, float, float, float]]] = {}
-    with _open_text(path) as fh:
-        reader = csv.reader(fh)
-        for row in reader:
-            lineno = reader.line_num
-            if lineno == 1 and row and row[0].strip().lower().startswith("image index"):
-                continue
-            while row and not row[-1].strip():
-                row = row[:-1]
-            if not row:
-                continue
-            img = row[0].strip()
-            if len(row) < 6:
-                raise ManifestError(
-                    f"{path}: line {lineno}: image {img!r}: missing coordinate "
-                    f"(expected image,label,x,y,w,h; got {len(row)} fields: {row!r})"
-                )
-            label = row[1].strip()
-            if not img or not label:
-                raise ManifestError(f"{path}: line {lineno}: empty image name or label: {row!r}")
-            try:
-                x, y, w, h = (float(v) for v in row[2:6])
-            except ValueError:
-                raise ManifestError(
-                    f"{path}: line {lineno}: image {img!r}: missing or non-numeric coordinate "
-                    f"in {row[2:6]!r}"
-                ) from None
-            if not all(map(math.isfinite, (x, y, w, h))):
-                raise ManifestError(
-                    f"{path}: line {lineno}: image {img!r}: non-finite coordinate in {row[2:6]!r}"
-                )
-            if w <= 0 or h <= 0:
-                raise ManifestError(
-                    f"{path}: line {lineno}: image {img!r}: box has non-positive size w={w:g} h={h:g}"
-                )
-            out.setdefault(img, []).append((NIH_BOX_LABEL_MAP.get(label, label), x, y, w, h))
+    reader = csv.reader(io.StringIO(_read_text(path, "NIH BBox_List CSV"), newline=""))
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as e:
+            raise ManifestError(f"{path}: line {reader.line_num}: cannot parse: {e}") from None
+        lineno = reader.line_num
+        if lineno == 1 and row and row[0].strip().lower().startswith("image index"):
+            continue
+        while row and not row[-1].strip():
+            row = row[:-1]
+        if not row:
+            continue
+        img = row[0].strip()
+        if len(row) < 6:
+            raise ManifestError(
+                f"{path}: line {lineno}: image {img!r}: missing coordinate "
+                f"(expected image,label,x,y,w,h; got {len(row)} fields: {row!r})"
+            )
+        if len(row) > 6:
+            raise ManifestError(
+                f"{path}: line {lineno}: image {img!r}: {len(row)} fields, expected "
+                f"image,label,x,y,w,h (wrong column count: {row!r})"
+            )
+        label = row[1].strip()
+        if not img or not label:
+            raise ManifestError(f"{path}: line {lineno}: empty image name or label: {row!r}")
+        try:
+            x, y, w, h = (float(v) for v in row[2:6])
+        except ValueError:
+            raise ManifestError(
+                f"{path}: line {lineno}: image {img!r}: missing or non-numeric coordinate "
+                f"in {row[2:6]!r}"
+            ) from None
+        if not all(map(math.isfinite, (x, y, w, h))):
+            raise ManifestError(
+                f"{path}: line {lineno}: image {img!r}: non-finite coordinate in {row[2:6]!r}"
+            )
+        if w <= 0 or h <= 0:
+            raise ManifestError(
+                f"{path}: line {lineno}: image {img!r}: box has non-positive size w={w:g} h={h:g}"
+            )
+        out.setdefault(img, []).append((NIH_BOX_LABEL_MAP.get(label, label), x, y, w, h))
     return out
 
 
@@ -229,8 +250,8 @@ def _locate(root: Path, names: Sequence[str]) -> list[str]:
 def _read_list(path: Path | None) -> set[str]:
     if path is None:
         return set()
-    with open(path, encoding="utf-8") as fh:
-        return {ln.strip() for ln in fh if ln.strip()}
+    text = _read_text(path, "NIH split list")
+    return {ln.strip() for ln in text.splitlines() if ln.strip()}
 
 
 def read_nih(
@@ -258,9 +279,12 @@ def read_nih(
         on_error: ``"raise"`` or ``"skip"`` for images whose header cannot be read.
 
     Raises:
-        ManifestError: metadata missing or malformed (names file and line), an unknown
-            finding name in ``Finding Labels``.
+        ManifestError: metadata missing or malformed (names file and line: invalid UTF-8,
+            wrong column count, empty or duplicate ``Image Index``, non-numeric size or
+            spacing, bad box row), an unknown finding name in ``Finding Labels``.
         BoxError: a box that is invalid in its stored image.
+        ImageReadError: (``check_files=True``, ``on_error="raise"``) an unreadable,
+            truncated or corrupt image (message starts with its path).
     """
     check_on_error(on_error)
     root = as_root(root)
@@ -365,7 +389,7 @@ def read_nih(
                     raise BoxError(f"{bbox_path}: image {img!r}: {e}") from None
                 boxes[i].append(b.to_dict())
 
-    view = de["view"].fillna("").astype(str).str.strip().str.upper()
+    view = de["view"].astype(object).fillna("").astype(str).str.strip().str.upper()
     view = view.where(view != "", "UNKNOWN")
     patient = de["patient"].astype(object).where(de["patient"].notna(), pd.Series(stems, dtype=object))
 

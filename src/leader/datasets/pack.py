@@ -104,10 +104,12 @@ DATASET_ALIASES = {
 
 def _csv_header(path: Path) -> list[str]:
     opener = gzip.open if path.suffix.lower() == ".gz" else open
+    import zlib
+
     try:
         with opener(path, "rb") as fh:
             line = fh.readline(65536)
-    except OSError:
+    except (OSError, EOFError, zlib.error):  # unreadable or damaged .gz: not this dataset
         return []
     text = line.decode("latin-1").strip().lstrip("\ufeff").lstrip("ï»¿")
     return [c.strip() for c in text.split(",")]
@@ -289,10 +291,15 @@ def index_root(
         check_files: passed to every reader (skip missing images; read sizes).
         datasets: optional filter on reader names (``"nih"``, ``"folder"``, ...) or
             folder names.
-        on_error: ``"raise"`` or ``"skip"`` for unreadable image headers.
+        on_error: ``"raise"`` (fail fast) or ``"skip"`` for unreadable, truncated or corrupt
+            images (see :func:`leader.io.verify_image`); skipped images are recorded in the
+            active :func:`~leader.datasets.collect_skipped` list.
 
     Raises:
-        ManifestError: ``root`` does not exist or contains no images at all.
+        ManifestError: ``root`` does not exist or contains no images at all; malformed
+            metadata of a detected dataset (names file and line).
+        ImageReadError: (``on_error="raise"``) the first unreadable, truncated or corrupt
+            image (message starts with its path).
     """
     check_on_error(on_error)
     root = as_root(root)

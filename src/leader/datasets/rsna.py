@@ -30,7 +30,7 @@ import pandas as pd
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, normalize_view
 
-from ._common import as_root, check_on_error, find_first, stored_sizes, table_manifest
+from ._common import as_root, check_on_error, find_first, read_table, stored_sizes, table_manifest
 
 __all__ = ["read_rsna", "read_rsna_labels"]
 
@@ -42,15 +42,13 @@ def read_rsna_labels(path: str | os.PathLike) -> pd.DataFrame:
     ``(x, y, w, h)`` in the 1024 frame), in order of first appearance.
 
     Raises:
-        ManifestError: missing columns; a ``Target=1`` row with a missing coordinate, a
+        ManifestError: unreadable CSV (not UTF-8, wrong column count: names the line);
+            missing columns; a ``Target=1`` row with a missing coordinate, a
             ``Target=0`` row with coordinates, a Target other than 0/1, or an image with
             both targets (names the file, line and patientId).
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype={"patientId": str})
-    except (OSError, pd.errors.ParserError, ValueError) as e:
-        raise ManifestError(f"{path}: cannot read RSNA labels: {e}") from None
+    df = read_table(path, what="RSNA labels")
     need = ["patientId", "x", "y", "width", "height", "Target"]
     miss = [c for c in need if c not in df.columns]
     if miss:
@@ -104,6 +102,11 @@ def read_rsna(
             view and spacing from the header; False opens nothing, size ``stored_size``
             (default 1024).
         class_info: explicit ``stage_2_detailed_class_info.csv`` (default: searched).
+
+    Raises:
+        ManifestError: no label CSV, malformed label or class-info CSV (names file and line).
+        BoxError: a box that is invalid in its stored image (names the patientId).
+        ImageReadError: (``check_files=True``, ``on_error="raise"``) an unreadable image.
     """
     check_on_error(on_error)
     root = as_root(root)
@@ -118,9 +121,9 @@ def read_rsna(
     cls = [Path(class_info)] if class_info is not None else find_first(
         root, ["*detailed_class_info*.csv", "*detailed_class_info*.csv.zip"], max_depth=1)
     if cls:
-        c = pd.read_csv(cls[0], dtype=str)
+        c = read_table(cls[0], what="RSNA detailed class info")
         if {"patientId", "class"} <= set(c.columns):
-            normal_ids = set(c.loc[c["class"].str.strip() == "Normal", "patientId"])
+            normal_ids = set(c.loc[c["class"].fillna("").astype(str).str.strip() == "Normal", "patientId"])
 
     on_disk: dict[str, str] = {}
     for dirpath, dirnames, filenames in os.walk(root):

@@ -26,7 +26,7 @@ import pandas as pd
 from leader.errors import ManifestError
 from leader.manifest import Manifest, make_manifest, normalize_view
 
-from ._common import as_root, check_on_error, find_first, read_sizes
+from ._common import as_root, check_on_error, find_first, read_sizes, read_table
 
 __all__ = ["read_siim", "read_siim_rle"]
 
@@ -35,21 +35,18 @@ def read_siim_rle(path: str | os.PathLike) -> pd.Series:
     """``{ImageId: 0/1}`` (float) from a SIIM RLE CSV (``.csv`` or ``.csv.gz``).
 
     Raises:
-        ManifestError: no ``ImageId`` / ``EncodedPixels`` columns, or an empty ImageId.
+        ManifestError: unreadable CSV (not UTF-8, wrong column count: names the line), no
+            ``ImageId`` / ``EncodedPixels`` columns, or an empty ImageId.
     """
     path = Path(path)
-    try:
-        df = pd.read_csv(path, dtype=str, skipinitialspace=True, keep_default_na=False)
-    except (pd.errors.ParserError, OSError, UnicodeDecodeError) as e:
-        raise ManifestError(f"{path}: cannot parse SIIM RLE CSV: {e}") from None
-    df.columns = [str(c).strip() for c in df.columns]
+    df = read_table(path, what="SIIM RLE CSV", skipinitialspace=True, na_values=[])
     if "ImageId" not in df.columns or "EncodedPixels" not in df.columns:
         raise ManifestError(f"{path}: expected columns 'ImageId, EncodedPixels', got {list(df.columns)}")
-    ids = df["ImageId"].str.strip()
+    ids = df["ImageId"].fillna("").astype(str).str.strip()
     if (ids == "").any():
         line = int(np.flatnonzero((ids == "").to_numpy())[0]) + 2
         raise ManifestError(f"{path}: line {line}: empty ImageId")
-    enc = df["EncodedPixels"].str.strip()
+    enc = df["EncodedPixels"].fillna("").astype(str).str.strip()
     pos = ~enc.isin(["-1", ""])
     return pos.groupby(ids, sort=False).any().astype(float)
 
@@ -88,6 +85,8 @@ def read_siim(
 
     Raises:
         ManifestError: no RLE CSV found / malformed (names the file).
+        ImageReadError: (``check_files=True``, ``on_error="raise"``) an unreadable,
+            truncated or corrupt DICOM (message starts with its path).
     """
     check_on_error(on_error)
     root = as_root(root)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import warnings
 from pathlib import Path
@@ -52,7 +53,7 @@ import numpy as np
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest
 
-from ._common import IMAGE_SUFFIXES, as_root, check_on_error, read_sizes
+from ._common import IMAGE_SUFFIXES, _decode_utf8, _read_bytes, as_root, check_on_error, read_sizes
 
 __all__ = ["read_tbx11k", "TBX11K_CATEGORIES"]
 
@@ -71,6 +72,57 @@ def _split_of(json_path: Path) -> str:
         if s.endswith(suffix):
             return split
     return "train"
+
+
+def _load_coco(jp: Path) -> dict:
+    """The COCO document of ``jp``, with ``images`` / ``annotations`` / ``categories`` lists.
+
+    Raises:
+        ManifestError: file missing or unreadable, not UTF-8, not JSON (names the line), not
+            an object, or one of the three keys is not a list.
+    """
+    data = _read_bytes(jp, "COCO JSON")
+    text = _decode_utf8(jp, data, "COCO JSON")
+    try:
+        coco = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{jp}: line {e.lineno}: cannot read COCO JSON: {e.msg}") from None
+    except RecursionError:
+        raise ManifestError(f"{jp}: cannot read COCO JSON: nested too deeply") from None
+    if not isinstance(coco, dict):
+        raise ManifestError(f"{jp}: COCO JSON must be an object with images / annotations / categories, "
+                            f"got {type(coco).__name__}")
+    for key in ("images", "annotations", "categories"):
+        v = coco.get(key, [])
+        if v is None:
+            v = []
+        if not isinstance(v, list):
+            raise ManifestError(f"{jp}: '{key}' must be a list, got {type(v).__name__}")
+        coco[key] = v
+    return coco
+
+
+def _is_json_id(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
+
+
+def _json_id(jp: Path, where: str, v):
+    if not _is_json_id(v):
+        raise ManifestError(f"{jp}: {where} must be an integer or string id, got {v!r}")
+    return v
+
+
+def _json_size(jp: Path, iid, name: str, v) -> int | None:
+    """A COCO image width/height: absent/null -> None, else a positive integer."""
+    if v is None:
+        return None
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if ok:
+        f = float(v)
+        ok = math.isfinite(f) and f >= 1 and f == int(f) and f <= 2**31
+    if not ok:
+        raise ManifestError(f"{jp}: image id {iid!r}: {name} must be a positive integer, got {v!r}")
+    return int(v)
 
 
 def _default_jsons(root: Path) -> list[Path]:
@@ -110,9 +162,13 @@ def read_tbx11k(
         on_error: ``"raise"`` or ``"skip"`` for unreadable image headers.
 
     Raises:
-        ManifestError: unreadable JSON, an annotation whose image or category id is
-            unknown, a malformed bbox (names the JSON file and annotation id).
+        ManifestError: unreadable JSON (not UTF-8, not JSON: names the line; not a COCO
+            object), a malformed or duplicate image / category entry, a width/height that
+            is not a positive integer, an annotation whose image or category id is unknown,
+            a malformed bbox (names the JSON file and annotation id), an unreadable list file.
         BoxError: a zero-area or non-finite box (names file, annotation and image).
+        ImageReadError: (``check_files=True``, ``on_error="raise"``) an unreadable,
+            truncated or corrupt image (message starts with its path).
     """
     check_on_error(on_error)
     root = as_root(root)
@@ -123,54 +179,74 @@ def read_tbx11k(
     entries: dict[str, dict] = {}  # file_name -> info
     dup: list[str] = []
     for jp in jsons:
-        try:
-            with open(jp, encoding="utf-8") as fh:
-                coco = json.load(fh)
-        except (OSError, json.JSONDecodeError) as e:
-            raise ManifestError(f"{jp}: cannot read COCO JSON: {e}") from None
+        coco = _load_coco(jp)
         cats = {}
-        for c in coco.get("categories", []):
-            cats[c["id"]] = str(c["name"])
-            if str(c["name"]) not in cat_names:
-                cat_names.append(str(c["name"]))
+        for k, c in enumerate(coco["categories"]):
+            if not isinstance(c, dict):
+                raise ManifestError(f"{jp}: categories[{k}] must be an object, got {c!r}")
+            cid = _json_id(jp, f"categories[{k}].id", c.get("id"))
+            name = c.get("name")
+            if not isinstance(name, str) or not name.strip():
+                raise ManifestError(f"{jp}: category {cid!r}: name must be a non-empty string, got {name!r}")
+            if cid in cats:
+                raise ManifestError(f"{jp}: duplicate category id {cid!r}")
+            cats[cid] = name
+            if name not in cat_names:
+                cat_names.append(name)
         split = _split_of(jp)
         by_id: dict = {}
-        for im in coco.get("images", []):
-            fn = str(im.get("file_name", "")).replace("\\", "/")
-            if not fn:
-                raise ManifestError(f"{jp}: image id {im.get('id')!r} has no file_name")
+        for k, im in enumerate(coco["images"]):
+            if not isinstance(im, dict):
+                raise ManifestError(f"{jp}: images[{k}] must be an object, got {im!r}")
+            iid = _json_id(jp, f"images[{k}].id", im.get("id"))
+            fn = im.get("file_name", "")
+            if not isinstance(fn, str) or not fn.strip():
+                raise ManifestError(f"{jp}: image id {iid!r} has no file_name")
+            fn = fn.strip().replace("\\", "/")
+            if Path(fn).name in ("", ".", "..") or "\x00" in fn:
+                raise ManifestError(f"{jp}: image id {iid!r}: file_name {fn!r} does not name a file")
+            if iid in by_id:
+                raise ManifestError(f"{jp}: duplicate image id {iid!r} ({fn})")
+            jw = _json_size(jp, iid, "width", im.get("width"))
+            jh = _json_size(jp, iid, "height", im.get("height"))
             if fn in entries:
                 dup.append(fn)
-                by_id[im["id"]] = None
+                by_id[iid] = None
                 continue
             info = {
                 "file_name": fn,
-                "json_w": im.get("width"),
-                "json_h": im.get("height"),
+                "json_w": jw,
+                "json_h": jh,
                 "split": split,
                 "ann": [],  # (label, x, y, w, h, ann_id)
                 "listed": True,
                 "source": jp,
             }
             entries[fn] = info
-            by_id[im["id"]] = info
-        for a in coco.get("annotations", []):
-            aid = a.get("id")
-            if a.get("image_id") not in by_id:
-                raise ManifestError(f"{jp}: annotation {aid!r} refers to unknown image_id {a.get('image_id')!r}")
-            info = by_id[a["image_id"]]
+            by_id[iid] = info
+        for k, a in enumerate(coco["annotations"]):
+            if not isinstance(a, dict):
+                raise ManifestError(f"{jp}: annotations[{k}] must be an object, got {a!r}")
+            aid = a.get("id", f"#{k}")
+            img_ref = a.get("image_id")
+            if not _is_json_id(img_ref) or img_ref not in by_id:
+                raise ManifestError(f"{jp}: annotation {aid!r} refers to unknown image_id {img_ref!r}")
+            info = by_id[img_ref]
             if info is None:  # image already indexed from an earlier JSON
                 continue
-            if a.get("category_id") not in cats:
-                raise ManifestError(f"{jp}: annotation {aid!r} has unknown category_id {a.get('category_id')!r}")
+            cat_ref = a.get("category_id")
+            if not _is_json_id(cat_ref) or cat_ref not in cats:
+                raise ManifestError(f"{jp}: annotation {aid!r} has unknown category_id {cat_ref!r}")
             bb = a.get("bbox")
             if not isinstance(bb, (list, tuple)) or len(bb) != 4:
                 raise ManifestError(f"{jp}: annotation {aid!r} ({info['file_name']}): bbox must be [x, y, w, h], got {bb!r}")
+            if any(isinstance(v, bool) for v in bb):
+                raise ManifestError(f"{jp}: annotation {aid!r} ({info['file_name']}): non-numeric bbox {bb!r}")
             try:
                 x, y, w, h = (float(v) for v in bb)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):
                 raise ManifestError(f"{jp}: annotation {aid!r} ({info['file_name']}): non-numeric bbox {bb!r}") from None
-            info["ann"].append((cats[a["category_id"]], x, y, w, h, aid))
+            info["ann"].append((cats[cat_ref], x, y, w, h, aid))
     if dup:
         warnings.warn(
             f"tbx11k: {len(dup)} image(s) listed in more than one JSON were indexed once "

@@ -19,6 +19,18 @@ PathLike = Union[str, "os.PathLike[str]"]
 
 FORMATS = ("png", "jpeg", "dicom", "mha", "jsrt_raw")
 
+#: Decompression-bomb guard (see :func:`check_declared_size`): the largest image a reader
+#: decodes, as declared by the file's header *before* any pixel is decoded. A chest
+#: radiograph is at most about 4300 x 4300 (18.5 M pixels); 2**28 (268 M) pixels and 32768
+#: per side leave ample room. Override per call (``max_pixels=`` / ``max_side=`` of
+#: :func:`leader.io.read_image`, :func:`leader.io.read_header`, :func:`leader.io.verify_image`)
+#: or for the whole process with the environment variables ``LEADER_MAX_IMAGE_PIXELS`` /
+#: ``LEADER_MAX_IMAGE_SIDE``. Pillow's own process-wide ``Image.MAX_IMAGE_PIXELS`` is never
+#: changed; for PNG/JPEG it still applies on top of this limit (Pillow refuses images above
+#: twice its value, about 179 M pixels, which is reported as an ImageReadError too).
+MAX_PIXELS = 2**28
+MAX_SIDE = 32768
+
 # ITU-R BT.601 luma weights, the same weights Pillow's ``convert('L')`` uses; applied here in
 # floating point so 16-bit data is never clamped to 8 bits (field report BR-04).
 LUMA_WEIGHTS = (0.299, 0.587, 0.114)
@@ -67,6 +79,93 @@ class Image:
 def fail(path: PathLike, reason: str, cls: type[ImageReadError] = ImageReadError) -> ImageReadError:
     """Build an error whose message starts with the path (project convention)."""
     return cls(f"{os.fspath(path)}: {reason}")
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise ValueError(f"environment variable {name}={raw!r} is not an integer") from None
+    if value <= 0:
+        raise ValueError(f"environment variable {name}={raw!r} must be > 0")
+    return value
+
+
+def size_limits(max_pixels: int | None = None, max_side: int | None = None) -> tuple[int, int]:
+    """Effective ``(max_pixels, max_side)``: the arguments, else ``LEADER_MAX_IMAGE_PIXELS`` /
+    ``LEADER_MAX_IMAGE_SIDE``, else :data:`MAX_PIXELS` / :data:`MAX_SIDE`.
+
+    Raises:
+        ValueError: a limit (argument or environment variable) that is not a positive integer.
+    """
+    mp = _env_int("LEADER_MAX_IMAGE_PIXELS", MAX_PIXELS) if max_pixels is None else int(max_pixels)
+    ms = _env_int("LEADER_MAX_IMAGE_SIDE", MAX_SIDE) if max_side is None else int(max_side)
+    if mp <= 0 or ms <= 0:
+        raise ValueError(f"image size limits must be > 0, got max_pixels={mp}, max_side={ms}")
+    return mp, ms
+
+
+def check_declared_size(path: PathLike, height: int, width: int, *, max_pixels: int | None = None,
+                        max_side: int | None = None, what: str = "header") -> None:
+    """Decompression-bomb guard: refuse a declared size that is empty or implausibly large.
+
+    Called with the size the file's header declares, before any pixel is decoded (a few
+    hundred bytes of PNG can declare a 100000 x 100000 image that would need 10-40 GB).
+
+    Raises:
+        ImageReadError: ``height`` or ``width`` < 1, a side above ``max_side`` or
+            ``height * width`` above ``max_pixels`` (limits from :func:`size_limits`); the
+            message starts with the path and gives the declared size and the limit.
+    """
+    mp, ms = size_limits(max_pixels, max_side)
+    h, w = int(height), int(width)
+    if h < 1 or w < 1:
+        raise fail(path, f"{what} declares an empty image ({w} x {h} pixels)")
+    if h > ms or w > ms or h * w > mp:
+        raise fail(
+            path,
+            f"{what} declares an image of {w} x {h} = {h * w} pixels, above the limit "
+            f"({mp} pixels, {ms} per side): refusing to decode it (possible decompression "
+            "bomb; raise the limit with max_pixels= / max_side= or LEADER_MAX_IMAGE_PIXELS / "
+            "LEADER_MAX_IMAGE_SIDE if the image is genuine)",
+        )
+
+
+#: Short reason codes of :func:`reason_code`, in matching order (first match wins).
+_REASON_CODES = (
+    ("cannot open file", "cannot open"),
+    ("empty file (0 bytes)", "empty file"),
+    ("above the limit", "too large"),
+    ("declares an empty image", "empty image"),
+    ("missing pixel data", "no pixel data"),
+    ("missing transfer syntax", "no transfer syntax"),
+    ("no decoder", "no decoder"),
+    ("truncated", "truncated"),
+    ("CRC", "corrupt"),
+    ("corrupt", "corrupt"),
+    ("unsupported image format", "unsupported format"),
+    ("unrecognised image format", "unrecognised format"),
+    ("does not match a headerless JSRT", "unrecognised format"),
+    ("JSRT raw file is", "wrong size"),
+    ("constant image", "constant image"),
+)
+
+
+def reason_code(exc: BaseException) -> str:
+    """A short category of an :class:`~leader.errors.ImageReadError` for skip reports
+    (``"truncated"``, ``"corrupt"``, ``"empty file"``, ``"too large"``, ``"no pixel data"``,
+    ``"no transfer syntax"``, ``"no decoder"``, ``"unrecognised format"``, ...); ``"unreadable"``
+    (``"unreadable DICOM"`` for a DicomReadError) when nothing more specific applies."""
+    from leader.errors import DicomReadError
+
+    msg = str(exc)
+    for needle, code in _REASON_CODES:
+        if needle in msg:
+            return code
+    return "unreadable DICOM" if isinstance(exc, DicomReadError) else "unreadable"
 
 
 def luminance(rgb: np.ndarray) -> np.ndarray:

@@ -48,8 +48,9 @@ from pydicom.multival import MultiValue
 from pydicom.pixels import apply_modality_lut, apply_voi, get_decoder
 from pydicom.uid import UID
 
-from leader.errors import DicomReadError
-from leader.io._common import Image, ImageMeta, PathLike, fail, finalize, luminance
+from leader.errors import DicomReadError, ImageReadError
+from leader.io._common import (Image, ImageMeta, PathLike, check_declared_size, fail, finalize,
+                               luminance)
 
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _GREY = ("MONOCHROME1", "MONOCHROME2")
@@ -60,9 +61,33 @@ def _dfail(path: PathLike, reason: str) -> DicomReadError:
     return fail(path, reason, DicomReadError)  # type: ignore[return-value]
 
 
-def _dcmread(path: PathLike, *, stop_before_pixels: bool) -> Dataset:
+_PIXEL_TAGS = frozenset({0x7FE00010, 0x7FE00008, 0x7FE00009})
+
+
+def _materialise(ds: Dataset) -> None:
+    """Convert every raw element (recursively into sequences, pixel data excepted) now.
+
+    pydicom parses values lazily, so a malformed element (unknown VR, bad length, undecodable
+    text) would otherwise raise an arbitrary exception at first access, far from the read.
+    """
+    for tag in list(ds.keys()):
+        if int(tag) in _PIXEL_TAGS:
+            continue
+        elem = ds[tag]
+        if elem.VR == "SQ" and elem.value is not None:
+            for item in elem.value:
+                _materialise(item)
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is not None and file_meta is not ds:
+        _materialise(file_meta)
+
+
+def _dcmread(path: PathLike, *, stop_before_pixels: bool, defer_size: int | None = None) -> Dataset:
     try:
-        return pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=stop_before_pixels)
+        ds = pydicom.dcmread(os.fspath(path), force=True, stop_before_pixels=stop_before_pixels,
+                             defer_size=defer_size)
+        _materialise(ds)
+        return ds
     except Exception as exc:  # pydicom raises many types on malformed files
         raise _dfail(path, f"cannot parse DICOM: {type(exc).__name__}: {exc}") from exc
 
@@ -124,13 +149,25 @@ def _meta(ds: Dataset, path: PathLike) -> ImageMeta:
     )
 
 
-def read_dicom_header(path: PathLike) -> ImageMeta:
+def _check_size(meta: ImageMeta, path: PathLike, max_pixels: int | None,
+                max_side: int | None) -> None:
+    try:
+        check_declared_size(path, meta.height, meta.width, max_pixels=max_pixels,
+                            max_side=max_side, what="DICOM header (Rows, Columns)")
+    except ImageReadError as exc:
+        raise DicomReadError(str(exc)) from None
+
+
+def read_dicom_header(path: PathLike, *, max_pixels: int | None = None,
+                      max_side: int | None = None) -> ImageMeta:
     """DICOM header only (``pydicom.dcmread(stop_before_pixels=True)``).
 
     Raises:
-        DicomReadError: unparsable file or missing Rows/Columns.
+        DicomReadError: unparsable file, missing Rows/Columns, declared size above the limit.
     """
-    return _meta(_dcmread(path, stop_before_pixels=True), path)
+    meta = _meta(_dcmread(path, stop_before_pixels=True), path)
+    _check_size(meta, path, max_pixels, max_side)
+    return meta
 
 
 def _check_decodable(ds: Dataset, path: PathLike, assume_transfer_syntax: str | None) -> UID:
@@ -237,7 +274,10 @@ def _voi_to_unit(
     width = _first(ds.get("WindowWidth"))
     if center is not None and width is not None:
         function = str(_first(ds.get("VOILUTFunction")) or "LINEAR").strip().upper()
-        c, w = float(center), float(width)
+        try:
+            c, w = float(center), float(width)
+        except (TypeError, ValueError, OverflowError):  # e.g. an invalid DS kept as text
+            c = w = float("nan")
         min_width = 1.0 if function == "LINEAR" else 0.0
         if np.isfinite(c) and np.isfinite(w) and (w >= 1.0 if function == "LINEAR" else w > 0):
             return _window(x, c, w, function)
@@ -256,11 +296,81 @@ def _voi_to_unit(
     return np.zeros_like(x)
 
 
+def _frames(ds: Dataset, path: PathLike) -> int:
+    raw = _first(ds.get("NumberOfFrames", 1))
+    try:
+        frames = int(raw) if raw not in (None, "") else 1
+    except (TypeError, ValueError) as exc:
+        raise _dfail(path, f"invalid NumberOfFrames value {raw!r}") from exc
+    if frames != 1:
+        raise _dfail(path, f"multi-frame DICOM ({frames} frames) is not supported")
+    return frames
+
+
+def _native_length_check(ds: Dataset, path: PathLike, meta: ImageMeta, ts: UID) -> None:
+    """Native (uncompressed) Pixel Data must hold Rows*Columns*SamplesPerPixel samples and
+    lie inside the file; encapsulated data are checked by decoding only."""
+    elem = ds.get_item("PixelData", keep_deferred=True)
+    if elem is None or ts.is_compressed:
+        return
+    length = getattr(elem, "length", None)
+    if length is None:  # already a DataElement (small, read eagerly)
+        value = elem.value
+        length = len(value) if isinstance(value, (bytes, bytearray)) else None
+    if length is None or length == 0xFFFFFFFF:
+        return
+    bits = _int_attr(ds, path, "BitsAllocated", 16)
+    samples = meta.height * meta.width * max(meta.channels, 1)
+    expected = (samples + 7) // 8 if bits == 1 else samples * max(bits, 1) // 8
+    if length < expected:
+        raise _dfail(path, f"truncated pixel data: {length} bytes, expected {expected} "
+                           f"({meta.height} x {meta.width} x {meta.channels} samples of {bits} bits)")
+    tell = getattr(elem, "value_tell", None)
+    if tell is not None:
+        try:
+            size = os.path.getsize(os.fspath(path))
+        except OSError:
+            return
+        if tell + length > size:
+            raise _dfail(path, f"truncated file: Pixel Data needs {length} bytes from byte {tell}, "
+                               f"the file has {size} bytes")
+
+
+def verify_dicom(path: PathLike, *, max_pixels: int | None = None,
+                 max_side: int | None = None) -> ImageMeta:
+    """Index-time check of a DICOM without decoding pixels.
+
+    The file is parsed with large values deferred; then Rows/Columns (and the size limit),
+    the presence of Pixel Data, the Transfer Syntax UID and an installed decoder for it,
+    single-frame, a supported PhotometricInterpretation and (native syntaxes) a Pixel Data
+    length of at least Rows*Columns*SamplesPerPixel samples inside the file are checked.
+    A constant image is only found by :func:`read_dicom`.
+
+    Returns:
+        the header :class:`ImageMeta` (equal to :func:`read_dicom_header`).
+
+    Raises:
+        DicomReadError: any of the checks above fails (message starts with the path).
+    """
+    ds = _dcmread(path, stop_before_pixels=False, defer_size=4096)
+    meta = _meta(ds, path)
+    _check_size(meta, path, max_pixels, max_side)
+    ts = _check_decodable(ds, path, None)
+    _frames(ds, path)
+    pi = (meta.photometric or "").upper()
+    if pi not in _GREY + _COLOUR:
+        raise _dfail(path, f"unsupported PhotometricInterpretation {meta.photometric!r}")
+    _native_length_check(ds, path, meta, ts)
+    return meta
+
+
 def read_dicom(
     path: PathLike,
     *,
     allow_constant: bool = False,
     assume_transfer_syntax: str | None = None,
+    max_pixels: int | None = None,
+    max_side: int | None = None,
 ) -> Image:
     """Decode a single-frame DICOM radiograph.
 
@@ -269,6 +379,8 @@ def read_dicom(
         allow_constant: accept an image whose output pixels are all equal.
         assume_transfer_syntax: UID to use when the file meta lacks (0002,0010); without it
             such files are rejected (the assumption must be explicit, field report BR-03).
+        max_pixels, max_side: limits on the declared Rows x Columns, checked before decoding
+            (see :func:`leader.io.read_image`).
 
     Returns:
         :class:`Image`: float32 ``[Rows, Columns]`` in ``[0, 1]``, air dark; see the module
@@ -276,19 +388,19 @@ def read_dicom(
 
     Raises:
         DicomReadError: missing Pixel Data, missing Transfer Syntax UID, no decoder for the
-            transfer syntax, decode failure, multi-frame or unsupported photometric
-            interpretation. Message starts with the path.
+            transfer syntax, declared size above the limit, decode failure, multi-frame or
+            unsupported photometric interpretation. Message starts with the path.
         ImageReadError: constant image (unless ``allow_constant``).
     """
     ds = _dcmread(path, stop_before_pixels=False)
     meta = _meta(ds, path)
+    _check_size(meta, path, max_pixels, max_side)
     ts = _check_decodable(ds, path, assume_transfer_syntax)
-    frames = int(_first(ds.get("NumberOfFrames", 1)) or 1)
-    if frames != 1:
-        raise _dfail(path, f"multi-frame DICOM ({frames} frames) is not supported")
+    _frames(ds, path)
     pi = (meta.photometric or "").upper()
     if pi not in _GREY + _COLOUR:
         raise _dfail(path, f"unsupported PhotometricInterpretation {meta.photometric!r}")
+    _native_length_check(ds, path, meta, ts)
     try:
         raw = np.asarray(ds.pixel_array)
     except Exception as exc:  # decoder plugins raise assorted types

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from leader.io._common import Image, ImageMeta, PathLike, fail, finalize
+from leader.io._common import Image, ImageMeta, PathLike, check_declared_size, fail, finalize
 from leader.io.sniff import jsrt_expected_bytes
 
 JSRT_SHAPE = (2048, 2048)
@@ -22,10 +22,13 @@ JSRT_SPACING_MM = 0.175
 JSRT_MAX = 4095
 
 
-def _check_size(path: PathLike, shape: tuple[int, int]) -> tuple[int, int]:
+def _check_size(path: PathLike, shape: tuple[int, int], max_pixels: int | None = None,
+                max_side: int | None = None) -> tuple[int, int]:
     rows, cols = (int(s) for s in shape)
     if rows <= 0 or cols <= 0:
         raise fail(path, f"invalid JSRT shape {shape}")
+    check_declared_size(path, rows, cols, max_pixels=max_pixels, max_side=max_side,
+                        what="the JSRT shape")
     expected = jsrt_expected_bytes((rows, cols))
     try:
         size = os.path.getsize(os.fspath(path))
@@ -46,30 +49,41 @@ def _meta(path: PathLike, rows: int, cols: int) -> ImageMeta:
                      pixel_spacing=spacing, bit_depth=12, photometric="MONOCHROME1", channels=1)
 
 
-def read_jsrt_header(path: PathLike, shape: tuple[int, int] = JSRT_SHAPE) -> ImageMeta:
-    """Header of a JSRT raw file: checks the byte size; spacing 0.175 mm for 2048x2048 only."""
-    rows, cols = _check_size(path, shape)
+def read_jsrt_header(path: PathLike, shape: tuple[int, int] = JSRT_SHAPE, *,
+                     max_pixels: int | None = None, max_side: int | None = None) -> ImageMeta:
+    """Header of a JSRT raw file: checks the byte size; spacing 0.175 mm for 2048x2048 only.
+
+    Raises:
+        ImageReadError: wrong file size, ``shape`` above the size limit.
+    """
+    rows, cols = _check_size(path, shape, max_pixels, max_side)
     return _meta(path, rows, cols)
 
 
 def read_jsrt_raw(path: PathLike, shape: tuple[int, int] = JSRT_SHAPE, *,
-                  allow_constant: bool = False) -> Image:
+                  allow_constant: bool = False, max_pixels: int | None = None,
+                  max_side: int | None = None) -> Image:
     """Read a headerless JSRT raw image.
 
     Args:
         path: the ``.IMG`` file.
         shape: ``(rows, cols)``; the file must be exactly ``rows*cols*2`` bytes.
         allow_constant: accept a constant image.
+        max_pixels, max_side: size limits (see :func:`leader.io.read_image`).
 
     Returns:
         :class:`Image` float32 ``[rows, cols]``, ``1 - v/4095`` (air dark), in ``[0, 1]``.
 
     Raises:
-        ImageReadError: wrong file size (message gives the expected byte count), a value above
-            4095 (not 12-bit big-endian data), constant image. Message starts with the path.
+        ImageReadError: wrong file size (message gives the expected byte count), ``shape``
+            above the size limit, a value above 4095 (not 12-bit big-endian data), constant
+            image. Message starts with the path.
     """
-    rows, cols = _check_size(path, shape)
-    raw = np.fromfile(os.fspath(path), dtype=">u2").reshape(rows, cols)
+    rows, cols = _check_size(path, shape, max_pixels, max_side)
+    try:
+        raw = np.fromfile(os.fspath(path), dtype=">u2").reshape(rows, cols)
+    except (OSError, ValueError) as exc:  # file changed or vanished since the size check
+        raise fail(path, f"cannot read JSRT raw data: {exc}") from exc
     vmax = int(raw.max())
     if vmax > JSRT_MAX:
         raise fail(

@@ -15,16 +15,22 @@
     image; floats already inside ``[0, 1]``: unchanged.
 
 * Multi-component pixels (RGB/RGBA vectors) are reduced to BT.601 luma first.
+* The header is read first (``ReadImageInformation``): dimensionality, components per pixel
+  and the declared size (decompression-bomb guard,
+  :func:`leader.io._common.check_declared_size`) are checked before SimpleITK allocates and
+  reads the pixel buffer.
 """
 
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import SimpleITK as sitk
 
-from leader.io._common import Image, ImageMeta, PathLike, fail, finalize, luminance
+from leader.io._common import (Image, ImageMeta, PathLike, check_declared_size, fail, finalize,
+                               luminance)
 
 _LADDER = (8, 10, 12, 14, 16, 32)
 
@@ -63,20 +69,100 @@ def _meta(path: PathLike, size: tuple[int, ...], spacing: tuple[float, ...], bit
     )
 
 
-def read_mha_header(path: PathLike) -> ImageMeta:
-    """Header only (``sitk.ImageFileReader.ReadImageInformation``); size, spacing, type.
-
-    ``pixel_spacing`` is ``(row_mm, col_mm)`` = ``(spacing[1], spacing[0])`` because ITK
-    orders spacing as (x, y). ``bit_depth`` is the element type's size in bits.
-    """
+def _header(path: PathLike, max_pixels: int | None, max_side: int | None
+            ) -> tuple[sitk.ImageFileReader, ImageMeta]:
     reader = sitk.ImageFileReader()
     reader.SetFileName(os.fspath(path))
     try:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise fail(path, f"cannot read MetaImage header: {str(exc).strip()[-300:]}") from exc
-    return _meta(path, reader.GetSize(), reader.GetSpacing(),
+    meta = _meta(path, reader.GetSize(), reader.GetSpacing(),
                  _bits_from_pixel_id(reader.GetPixelID()), reader.GetNumberOfComponents())
+    check_declared_size(path, meta.height, meta.width, max_pixels=max_pixels, max_side=max_side,
+                        what="MetaImage header")
+    if meta.channels not in (1, 3, 4):
+        raise fail(path, f"unsupported MetaImage with {meta.channels} components per pixel")
+    _check_data_size(path, meta.height * meta.width * meta.channels * max(meta.bit_depth, 8) // 8)
+    return reader, meta
+
+
+_ZLIB_MAX_RATIO = 1100  # deflate cannot expand more than ~1032:1
+
+
+def _check_data_size(path: PathLike, needed: int) -> None:
+    """Refuse a MetaImage whose pixel data cannot hold ``needed`` bytes: uncompressed data
+    shorter than that, or compressed data that would have to expand more than deflate can
+    (a tiny file declaring a huge image), before SimpleITK allocates the buffer. Multi-file
+    data (``LIST`` / printf pattern) is refused."""
+    p = os.fspath(path)
+    try:
+        size = os.path.getsize(p)
+        with open(p, "rb") as fh:
+            head = fh.read(65536)
+    except OSError as exc:
+        raise fail(path, f"cannot open file: {exc.strerror or exc}") from exc
+    text = head.decode("latin-1")
+    m = re.search(r"(?im)^[ \t]*ElementDataFile[ \t]*=[ \t]*([^\r\n]*?)[ \t]*(\r?\n|$)", text)
+    if m is None:
+        return
+    target = m.group(1).strip()
+    compressed = re.search(r"(?im)^[ \t]*CompressedData[ \t]*=[ \t]*true\b", text[:m.start()]) is not None
+    if target.upper() == "LOCAL":
+        available = size - m.end()
+        where = f"{p} (after its {m.end()}-byte header)"
+    elif target.upper().startswith("LIST") or "%" in target or not target:
+        # one file per slice (LIST / printf pattern): not a 2-D radiograph; SimpleITK would
+        # allocate the declared size before finding out what the files hold
+        raise fail(path, f"unsupported MetaImage ElementDataFile {target!r}: expected LOCAL or "
+                         "one data file")
+    else:
+        data_file = os.path.join(os.path.dirname(p), target)
+        try:
+            available = os.path.getsize(data_file)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the name
+            raise fail(path, f"MetaImage data file {data_file!r} cannot be opened: "
+                             f"{getattr(exc, 'strerror', None) or exc}") from exc
+        where = data_file
+    limit = available * (_ZLIB_MAX_RATIO if compressed else 1)
+    if needed > limit:
+        kind = "compressed " if compressed else ""
+        raise fail(path, f"truncated MetaImage: the header declares {needed} bytes of pixel data, "
+                         f"but {where} holds only {available} bytes of {kind}data")
+
+
+def read_mha_header(path: PathLike, *, max_pixels: int | None = None,
+                    max_side: int | None = None) -> ImageMeta:
+    """Header only (``sitk.ImageFileReader.ReadImageInformation``); size, spacing, type.
+
+    ``pixel_spacing`` is ``(row_mm, col_mm)`` = ``(spacing[1], spacing[0])`` because ITK
+    orders spacing as (x, y). ``bit_depth`` is the element type's size in bits.
+
+    Raises:
+        ImageReadError: unreadable header, not 2-D, unsupported component count, declared
+            size above the limit.
+    """
+    return _header(path, max_pixels, max_side)[1]
+
+
+def _execute(path: PathLike, reader: sitk.ImageFileReader) -> sitk.Image:
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise fail(path, f"cannot read MetaImage: {str(exc).strip()[-300:]}") from exc
+
+
+def verify_mha(path: PathLike, *, max_pixels: int | None = None,
+               max_side: int | None = None) -> ImageMeta:
+    """Header checks of :func:`read_mha_header`, then the pixel data are read (and
+    decompressed) once to prove they are complete; no scaling. Returns the header meta.
+
+    Raises:
+        ImageReadError: as :func:`read_mha_header`, or missing / truncated / corrupt data.
+    """
+    reader, meta = _header(path, max_pixels, max_side)
+    _execute(path, reader)
+    return meta
 
 
 def _scale(path: PathLike, arr: np.ndarray, values: np.ndarray | None = None) -> np.ndarray:
@@ -97,23 +183,24 @@ def _scale(path: PathLike, arr: np.ndarray, values: np.ndarray | None = None) ->
     return np.zeros(vals.shape, dtype=np.float64)
 
 
-def read_mha(path: PathLike, *, allow_constant: bool = False) -> Image:
+def read_mha(path: PathLike, *, allow_constant: bool = False, max_pixels: int | None = None,
+             max_side: int | None = None) -> Image:
     """Read a 2-D (or single-slice 3-D) MetaImage.
+
+    ``max_pixels`` / ``max_side``: size limits checked on the header before the pixel data
+    are read (see :func:`leader.io.read_image`).
 
     Returns:
         :class:`Image` float32 ``[H, W]`` in ``[0, 1]`` (scaling in the module docstring);
         ``meta.pixel_spacing`` from the image spacing as ``(row_mm, col_mm)``.
 
     Raises:
-        ImageReadError: SimpleITK cannot read the file, more than one slice, non-finite
-            values, unsupported component count, constant image. Message starts with path.
+        ImageReadError: SimpleITK cannot read the file, more than one slice, declared size
+            above the limit, non-finite values, unsupported component count, constant image.
+            Message starts with path.
     """
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(os.fspath(path))
-    try:
-        img = reader.Execute()
-    except RuntimeError as exc:
-        raise fail(path, f"cannot read MetaImage: {str(exc).strip()[-300:]}") from exc
+    reader, _ = _header(path, max_pixels, max_side)
+    img = _execute(path, reader)
     comps = img.GetNumberOfComponentsPerPixel()
     meta = _meta(path, img.GetSize(), img.GetSpacing(), _bits_from_pixel_id(img.GetPixelID()),
                  comps)

@@ -13,6 +13,9 @@
   with an EOI marker. Pixels are then fully decoded with ``Image.load()``. Pillow's global
   ``ImageFile.LOAD_TRUNCATED_IMAGES`` is never touched, and the structural checks above do
   not depend on it.
+* Decompression-bomb guard: the size declared by the PNG IHDR (before Pillow sees the file)
+  or by the JPEG frame header (Pillow's lazy open, before ``load()``) is checked with
+  :func:`leader.io._common.check_declared_size`.
 * EXIF orientation is not applied: pixels are returned as stored, which is the frame that
   dataset annotations use.
 """
@@ -28,7 +31,8 @@ import numpy as np
 from PIL import Image as PILImage
 
 from leader.errors import ImageReadError
-from leader.io._common import Image, ImageMeta, PathLike, fail, finalize, luminance
+from leader.io._common import (Image, ImageMeta, PathLike, check_declared_size, fail, finalize,
+                               luminance)
 from leader.io.sniff import PNG_SIGNATURE
 
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, zlib.error, struct.error,
@@ -175,31 +179,51 @@ def _png16_colour(path: PathLike, data: bytes, colour_type: int) -> np.ndarray:
     return luminance(arr[..., :3]) / 65535.0
 
 
-def read_raster(path: PathLike, fmt: str, *, allow_constant: bool = False) -> Image:
+def _check_structure(path: PathLike, fmt: str, data: bytes) -> tuple[int, int] | None:
+    """Structural integrity (PNG chunks/CRCs/IEND, JPEG EOI); returns the PNG IHDR info."""
+    if fmt == "png":
+        return check_png_structure(path, data)
+    if fmt == "jpeg":
+        check_jpeg_structure(path, data)
+        return None
+    raise fail(path, f"read_raster cannot read format {fmt!r}")
+
+
+def _png_ihdr_size(data: bytes) -> tuple[int, int]:
+    """``(height, width)`` from the IHDR of a PNG that passed :func:`check_png_structure`."""
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+def read_raster(path: PathLike, fmt: str, *, allow_constant: bool = False,
+                max_pixels: int | None = None, max_side: int | None = None) -> Image:
     """Read a PNG or JPEG file.
 
     Args:
         path: file path; ``fmt`` is ``'png'`` or ``'jpeg'`` (from :func:`sniff_format`).
         allow_constant: accept an image whose pixels are all equal.
+        max_pixels, max_side: decompression-bomb limits on the declared size (default
+            :data:`leader.io._common.MAX_PIXELS` / ``MAX_SIDE`` or the environment).
 
     Returns:
         :class:`Image` with float32 ``[H, W]`` pixels in ``[0, 1]`` (8-bit /255, 16-bit
         /65535 at full 16-bit precision, colour -> BT.601 luma, alpha ignored).
 
     Raises:
-        ImageReadError: truncated or CRC-broken PNG, truncated JPEG, Pillow decode failure,
-            unsupported mode, constant image. The message starts with the path.
+        ImageReadError: truncated or CRC-broken PNG, truncated JPEG, declared size above the
+            limit, Pillow decode failure, unsupported mode, constant image. The message
+            starts with the path.
     """
     data = _read_bytes(path)
-    png_info = None
-    if fmt == "png":
-        png_info = check_png_structure(path, data)
-    elif fmt == "jpeg":
-        check_jpeg_structure(path, data)
-    else:
-        raise fail(path, f"read_raster cannot read format {fmt!r}")
+    png_info = _check_structure(path, fmt, data)
+    if png_info is not None:
+        check_declared_size(path, *_png_ihdr_size(data), max_pixels=max_pixels, max_side=max_side,
+                            what="PNG header")
     try:
         with PILImage.open(io.BytesIO(data)) as im:
+            if png_info is None:
+                check_declared_size(path, im.height, im.width, max_pixels=max_pixels,
+                                    max_side=max_side, what="JPEG header")
             im.load()  # full decode; raises on truncated data
             meta = _meta_from_pil(path, fmt, im, png_info)
             if png_info is not None and png_info[0] == 16 and png_info[1] in (2, 4, 6):
@@ -213,8 +237,42 @@ def read_raster(path: PathLike, fmt: str, *, allow_constant: bool = False) -> Im
     return finalize(path, values, meta, allow_constant)
 
 
-def read_raster_header(path: PathLike, fmt: str) -> ImageMeta:
-    """PNG/JPEG header via Pillow's lazy open (no pixel decoding)."""
+def verify_raster(path: PathLike, fmt: str, *, max_pixels: int | None = None,
+                  max_side: int | None = None) -> ImageMeta:
+    """Header plus structural integrity of a PNG/JPEG without decoding pixels.
+
+    Reads the whole file once: every PNG chunk length and CRC-32 and the ``IEND`` chunk, or
+    the JPEG end-of-image marker after the last scan; then the header (Pillow lazy open) and
+    the declared-size limit. The result equals :func:`read_raster_header`.
+
+    Raises:
+        ImageReadError: truncated / CRC-broken file, header Pillow cannot parse, declared size
+            above the limit. The message starts with the path.
+    """
+    data = _read_bytes(path)
+    png_info = _check_structure(path, fmt, data)
+    if png_info is not None:
+        check_declared_size(path, *_png_ihdr_size(data), max_pixels=max_pixels, max_side=max_side,
+                            what="PNG header")
+    try:
+        with PILImage.open(io.BytesIO(data)) as im:
+            meta = _meta_from_pil(path, fmt, im, png_info)
+    except ImageReadError:
+        raise
+    except _PIL_ERRORS as exc:
+        raise fail(path, f"cannot read {fmt.upper()} header: {type(exc).__name__}: {exc}") from exc
+    check_declared_size(path, meta.height, meta.width, max_pixels=max_pixels, max_side=max_side,
+                        what=f"{fmt.upper()} header")
+    return meta
+
+
+def read_raster_header(path: PathLike, fmt: str, *, max_pixels: int | None = None,
+                       max_side: int | None = None) -> ImageMeta:
+    """PNG/JPEG header via Pillow's lazy open (no pixel decoding); declared size checked.
+
+    Raises:
+        ImageReadError: missing IHDR, header Pillow cannot parse, declared size above the limit.
+    """
     p = os.fspath(path)
     png_info = None
     try:
@@ -224,9 +282,14 @@ def read_raster_header(path: PathLike, fmt: str) -> ImageMeta:
             if len(head) < 33 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
                 raise fail(p, "corrupt PNG: missing IHDR")
             png_info = (head[24], head[25])
+            check_declared_size(p, *_png_ihdr_size(head), max_pixels=max_pixels, max_side=max_side,
+                                what="PNG header")
         with PILImage.open(p) as im:
-            return _meta_from_pil(p, fmt, im, png_info)
+            meta = _meta_from_pil(p, fmt, im, png_info)
     except ImageReadError:
         raise
     except _PIL_ERRORS as exc:
         raise fail(p, f"cannot read {fmt.upper()} header: {type(exc).__name__}: {exc}") from exc
+    check_declared_size(p, meta.height, meta.width, max_pixels=max_pixels, max_side=max_side,
+                        what=f"{fmt.upper()} header")
+    return meta

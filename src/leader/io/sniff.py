@@ -120,4 +120,22 @@ def sniff_format(path: PathLike, *, jsrt_shape: tuple[int, int] = (2048, 2048)) 
             f"image of shape {tuple(jsrt_shape)}: expected {expected} bytes "
             "(rows*cols*2, big-endian uint16)",
         )
-    raise fail(p, f"unrecognised image format (first bytes {head[:8].hex(' ')})")
+    ext = os.path.splitext(p)[1]
+    what = "text, not an image" if _looks_like_text(head) else f"first bytes {head[:8].hex(' ')}"
+    hint = (f"; the format is sniffed from the content, and it does not match a '{ext}' file"
+            if ext else "")
+    raise fail(p, f"unrecognised image format ({what}){hint}")
+
+
+def _looks_like_text(head: bytes) -> bool:
+    """True when the first 512 bytes are printable UTF-8 text (a CSV, HTML error page...)."""
+    sample = head[:512]
+    try:
+        text = sample.decode("utf-8")
+    except UnicodeDecodeError:
+        # a multi-byte character cut at the sample end is still text
+        try:
+            text = sample[:-3].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+    return bool(text) and all(c.isprintable() or c in "\r\n\t" for c in text)
