@@ -78,6 +78,7 @@ def progress(run_dir):
 
 
 def trial(kind, rng, ref, base_s):
+    spec = None
     d = Path(tempfile.mkdtemp(prefix=f"fault-{kind}-"))
     run_dir = d / "run"
     kills, lost, ok_ckpt_seen = 0, False, False
@@ -88,7 +89,8 @@ def trial(kind, rng, ref, base_s):
             rc, err = run(run_dir, kill_after=rng.uniform(0.3, 1.0) * base_s * scale)
             scale = scale * 1.3 if progress(run_dir) <= before else 1.0
         elif kind == "point-kill" and attempt == 0:
-            rc, err = run(run_dir, fault=f"{rng.choice(POINTS)}:{rng.randint(1, 12)}:kill")
+            spec = f"{rng.choice(POINTS)}:{rng.randint(1, 12)}:kill"
+            rc, err = run(run_dir, fault=spec)
         elif kind == "disk-full" and attempt == 0:
             rc, err = run(run_dir, "--max-steps", rng.randint(1, 10))
             rc, err = run(run_dir, "--fsize-limit", 200_000)
@@ -108,7 +110,7 @@ def trial(kind, rng, ref, base_s):
     else:  # never finished within the attempts: not a survival, but nothing was lost either
         return {"kind": kind, "survived": False, "kills": kills, "lost": lost}
     same = fingerprint(run_dir) == ref
-    return {"kind": kind, "survived": True, "kills": kills, "lost": lost or not same}
+    return {"kind": kind, "survived": True, "kills": kills, "lost": lost or not same, "fault": spec}
 
 
 def main():
@@ -130,7 +132,8 @@ def main():
         for i in range(a.trials):
             r = trial(kind, rng, ref, base_s)
             results.append(r)
-            print(f"{kind:12s} trial {i:2d}: kills={r['kills']} survived={r['survived']} lost={r['lost']}", flush=True)
+            print(f"{kind:12s} trial {i:2d}: kills={r['kills']} survived={r['survived']} lost={r['lost']}"
+                  f"{' fault=' + r['fault'] if r.get('fault') else ''}", flush=True)
     print("\n| job | fault | runs | kills | survived | data lost |\n|---|---|---|---|---|---|")
     summary = []
     for kind in ("random-kill", "point-kill", "disk-full"):

@@ -310,8 +310,8 @@ def test_embed_disk_full_read_only_and_file_size_limit(kit):
         before = _visible_files(out)
         rows = _store_prefix(kit, out)
         rc, log = kit["z"].run(_embed_args(kit, out, flush=4 if fsize else 2), fault=fault, fsize=fsize)
-        assert rc == 1, log
-        assert "WriteError" in log and "could not write" in log and reason in log and "intact" in log, log[-2000:]
+        assert rc == 2, log  # the CLI's clean error exit: one "leader: error: ..." line
+        assert "leader: error: could not write" in log and reason in log and "intact" in log, log[-2000:]
         assert f"({rows} committed rows)" in log or f"({rows + 2} committed rows)" in log, log[-2000:]
         after = _store_prefix(kit, out)
         assert after >= rows
@@ -356,13 +356,13 @@ def test_shard_disk_full_read_only_and_file_size_limit(kit):
     for fault, fsize, reason, target in cases:
         before = _visible_files(out)
         rc, log = kit["z"].run(_shard_args(kit, out), fault=fault, fsize=fsize)
-        assert rc == 1, log
-        assert "WriteError" in log and reason in log and target in log and "complete shard" in log, log[-2000:]
+        assert rc == 2, log
+        assert "leader: error: could not write" in log and reason in log and target in log and "complete shard" in log, log[-2000:]
         assert _visible_files(out) == before  # the complete shards, byte for byte
         _shards_consistent(kit, out)
         _record("data shard", f"{reason} during a shard write", True)
     rc, log = kit["z"].run(_shard_args(kit, out), fault="shard.after_tables:1:enospc")  # during the index write
-    assert rc == 1 and "index.json" in log and "each of the 6 complete shards" in log, log[-2000:]
+    assert rc == 2 and "index.json" in log and "each of the 6 complete shards" in log, log[-2000:]
     assert not (out / "index.json").exists()
     _shards_consistent(kit, out)
     _record("data shard", "the disk is full during the index write", True)
@@ -398,8 +398,8 @@ def test_index_faults_then_completes(kit):
                                  ("index.before_write:1:erofs", None, "the filesystem is read-only"),
                                  (None, 1024, "file-size limit")]:
         rc, log = kit["z"].run(_index_args(kit, out), fault=fault, fsize=fsize)
-        assert rc == 1, log
-        assert "WriteError" in log and reason in log and str(out) in log and "previous manifest" in log, log[-2000:]
+        assert rc == 2, log
+        assert "leader: error: could not write" in log and reason in log and str(out) in log and "previous manifest" in log, log[-2000:]
         assert out.read_bytes() == good  # the previous manifest is intact
         _record("data index", f"{reason} during the manifest write", True)
     # old or new manifest: either is complete and equal to the reference

@@ -829,11 +829,16 @@ class Trainer:
             The folder of the final model (``out_dir/final``: safetensors + config.json); when
             ``max_steps`` stopped the run early, ``checkpoints/last`` (resume with ``resume=True``).
         """
+        if not resume and self.is_main and self._ckpts.latest(hashes=False) is not None:
+            raise FileExistsError(
+                f"{self.out} already holds checkpoints of a run ({self._ckpts.latest(hashes=False)}): "
+                "continue it with --resume (resume=True) or choose a new output folder")
         resumed = self.resume() if resume else False
         if resumed:
             self._load_skip_report()
-        log_file = (LossLog(self.out / "losses.csv", list(self.teachers),
-                            keep_until_step=self.position["step"] if resumed else None)
+        # the log keeps the steps of the checkpoint resumed from (none when starting over,
+        # e.g. after a kill before the first checkpoint); later rows are recomputed
+        log_file = (LossLog(self.out / "losses.csv", list(self.teachers), keep_until_step=self.position["step"])
                     if self.is_main else _NullLog())
         try:
             if stage1_data is not None and self.position["stage"] <= STAGE1:
