@@ -42,6 +42,9 @@ class WriteError(LeaderError, OSError):
     result is still intact (``docs/RELIABILITY.md``). ``errno`` is the original error number.
     """
 
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno N]" prefix
+        return str(self.args[1]) if len(self.args) == 2 else super().__str__()
+
 
 def write_error(exc: OSError, target: object, intact: str | None = None) -> WriteError:
     """A :class:`WriteError` explaining ``exc`` (raised while writing ``target``).
