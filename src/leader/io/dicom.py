@@ -353,15 +353,21 @@ def verify_dicom(path: PathLike, *, max_pixels: int | None = None,
         DicomReadError: any of the checks above fails (message starts with the path).
     """
     ds = _dcmread(path, stop_before_pixels=False, defer_size=4096)
+    return _checked(ds, path, None, max_pixels, max_side)[0]
+
+
+def _checked(ds, path: PathLike, assume_transfer_syntax: str | None, max_pixels: int | None,
+             max_side: int | None):
+    """``(meta, transfer syntax)`` of a parsed data set after every check short of decoding."""
     meta = _meta(ds, path)
     _check_size(meta, path, max_pixels, max_side)
-    ts = _check_decodable(ds, path, None)
+    ts = _check_decodable(ds, path, assume_transfer_syntax)
     _frames(ds, path)
     pi = (meta.photometric or "").upper()
     if pi not in _GREY + _COLOUR:
         raise _dfail(path, f"unsupported PhotometricInterpretation {meta.photometric!r}")
     _native_length_check(ds, path, meta, ts)
-    return meta
+    return meta, ts
 
 
 def read_dicom(
@@ -393,14 +399,8 @@ def read_dicom(
         ImageReadError: constant image (unless ``allow_constant``).
     """
     ds = _dcmread(path, stop_before_pixels=False)
-    meta = _meta(ds, path)
-    _check_size(meta, path, max_pixels, max_side)
-    ts = _check_decodable(ds, path, assume_transfer_syntax)
-    _frames(ds, path)
+    meta, ts = _checked(ds, path, assume_transfer_syntax, max_pixels, max_side)
     pi = (meta.photometric or "").upper()
-    if pi not in _GREY + _COLOUR:
-        raise _dfail(path, f"unsupported PhotometricInterpretation {meta.photometric!r}")
-    _native_length_check(ds, path, meta, ts)
     try:
         raw = np.asarray(ds.pixel_array)
     except Exception as exc:  # decoder plugins raise assorted types

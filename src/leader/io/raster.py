@@ -254,8 +254,13 @@ def verify_raster(path: PathLike, fmt: str, *, max_pixels: int | None = None,
     if png_info is not None:
         check_declared_size(path, *_png_ihdr_size(data), max_pixels=max_pixels, max_side=max_side,
                             what="PNG header")
+    return _pil_header(io.BytesIO(data), path, fmt, png_info, max_pixels, max_side)
+
+
+def _pil_header(src, path: PathLike, fmt: str, png_info, max_pixels: int | None, max_side: int | None) -> ImageMeta:
+    """Header of ``src`` (a path or a byte stream) by Pillow's lazy open; declared size checked."""
     try:
-        with PILImage.open(io.BytesIO(data)) as im:
+        with PILImage.open(src) as im:
             meta = _meta_from_pil(path, fmt, im, png_info)
     except ImageReadError:
         raise
@@ -275,21 +280,15 @@ def read_raster_header(path: PathLike, fmt: str, *, max_pixels: int | None = Non
     """
     p = os.fspath(path)
     png_info = None
-    try:
-        if fmt == "png":
+    if fmt == "png":
+        try:
             with open(p, "rb") as fh:
                 head = fh.read(33)
-            if len(head) < 33 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
-                raise fail(p, "corrupt PNG: missing IHDR")
-            png_info = (head[24], head[25])
-            check_declared_size(p, *_png_ihdr_size(head), max_pixels=max_pixels, max_side=max_side,
-                                what="PNG header")
-        with PILImage.open(p) as im:
-            meta = _meta_from_pil(p, fmt, im, png_info)
-    except ImageReadError:
-        raise
-    except _PIL_ERRORS as exc:
-        raise fail(p, f"cannot read {fmt.upper()} header: {type(exc).__name__}: {exc}") from exc
-    check_declared_size(p, meta.height, meta.width, max_pixels=max_pixels, max_side=max_side,
-                        what=f"{fmt.upper()} header")
-    return meta
+        except _PIL_ERRORS as exc:
+            raise fail(p, f"cannot read PNG header: {type(exc).__name__}: {exc}") from exc
+        if len(head) < 33 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+            raise fail(p, "corrupt PNG: missing IHDR")
+        png_info = (head[24], head[25])
+        check_declared_size(p, *_png_ihdr_size(head), max_pixels=max_pixels, max_side=max_side,
+                            what="PNG header")
+    return _pil_header(p, p, fmt, png_info, max_pixels, max_side)
