@@ -21,13 +21,19 @@ are options of the config. Data comes from a map-style dataset (raw files:
 :class:`leader.patches.ImageDataset` / ``PairDataset``, or random-access shards) read through a
 per-rank sampler, or from a streaming shard dataset (:class:`leader.shards.ShardStream`).
 
-Resuming: a checkpoint (``checkpoints/last``, written by rank 0 only) holds the model
+Resuming: a checkpoint (``checkpoints/ckpt-NNNNNN``, written crash-safely by rank 0 only,
+:mod:`leader.train.checkpoints`) holds the model
 (safetensors + JSON config) and the training state (optimizer, position) loaded with
 ``torch.load(weights_only=True)``. The position counts *global* samples, epochs are seeded
 per (stage, epoch) and each sample's augmentation is seeded by (seed, stage, epoch, index),
 so a resumed run continues with exactly the batches and views that were left, with any
 number of DataLoader workers and at any world size (streaming shards: exact at the same world
-size and worker count, approximate otherwise).
+size and worker count, approximate otherwise). ``distributed.strategy: fsdp`` shards the
+student with FSDP2 instead of DDP; its checkpoints are gathered to the same full layout.
+
+Faults (``docs/RELIABILITY.md``): an unreadable sample is skipped at weight 0 and listed in
+``RUN/skipped.json`` (``data.on_error``, ``data.max_skip_fraction``); a NaN/Inf loss or
+gradient norm stops the run before the optimizer step, naming stage, step and loss term.
 """
 
 from __future__ import annotations
@@ -234,7 +240,8 @@ class Trainer:
             broadcast_buffers}``, ``teacher_views`` (``auto`` | ``online``), ``max_steps``
             (stop after this many optimizer steps with a checkpoint, e.g. before a job's time
             limit), ``prefetch_factor``.
-        out_dir: run folder; gets ``losses.csv``, ``checkpoints/last``, ``stage1/``, ``final/``
+        out_dir: run folder; gets ``losses.csv``, ``checkpoints/ckpt-NNNNNN`` (+ ``last`` link),
+            ``skipped.json``, ``stage1/``, ``final/``
             (written by rank 0).
         device: torch device; default from ``cfg["device"]`` (``cuda:LOCAL_RANK`` under torchrun).
         stage1_head: name of the disease head/teacher used in stage 1 (default ``disease``).
@@ -827,7 +834,14 @@ class Trainer:
 
         Returns:
             The folder of the final model (``out_dir/final``: safetensors + config.json); when
-            ``max_steps`` stopped the run early, ``checkpoints/last`` (resume with ``resume=True``).
+            ``max_steps`` stopped the run early, the newest checkpoint folder (resume with
+            ``resume=True``).
+
+        Raises:
+            FileExistsError: ``resume=False`` but the run folder already holds checkpoints.
+            FloatingPointError: a NaN/Inf loss or gradient norm (nothing is saved for that step).
+            WriteError: a checkpoint could not be written (the previous one is intact).
+            ImageReadError: more than ``data.max_skip_fraction`` of the samples are unreadable.
         """
         if not resume and self.is_main and self._ckpts.latest(hashes=False) is not None:
             raise FileExistsError(
