@@ -4,7 +4,6 @@ JSON report (``leader data index --on-error skip``)."""
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import struct
@@ -14,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from PIL import Image as PILImage
 from PIL import ImageFile
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.encaps import encapsulate
@@ -27,19 +25,11 @@ from leader.errors import BoxError, DicomReadError, ImageReadError, ManifestErro
 from leader.io import MAX_PIXELS, MAX_SIDE, read_header, read_image, reason_code, verify_image
 from leader.manifest import Manifest, make_manifest
 
+from _imagebytes import jpeg_bytes, png_bytes
+
 # ------------------------------------------------------------------------------ helpers
 
 
-def png_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def jpeg_bytes(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
 
 
 RAMP = (np.add.outer(np.arange(32), np.arange(32)) * 4).astype(np.uint8)

@@ -73,7 +73,6 @@ import pytest
 import SimpleITK as sitk
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image as PILImage
 from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -82,6 +81,8 @@ from leader.datasets import (read_chexpert, read_mimic, read_nih, read_rsna, rea
 from leader.errors import BoxError, ImageReadError, ManifestError
 from leader.io import read_header, read_image, verify_image
 from leader.manifest import Box, Manifest, make_manifest
+
+from _imagebytes import jpeg_bytes, png_bytes
 
 BUDGET = {"image": 250, "csv": 200, "json": 300, "parquet": 150}
 # Exploration only (unset in the test run): LEADER_FUZZ_SCALE=20 multiplies every budget and
@@ -98,16 +99,7 @@ def fuzz_settings(n: int):
 # ------------------------------------------------------------------------ seed files
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _jpeg(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    PILImage.fromarray(arr).save(buf, format="JPEG", quality=90)
-    return buf.getvalue()
+_png, _jpeg = png_bytes, jpeg_bytes
 
 
 def _dicom(arr: np.ndarray, photometric: str = "MONOCHROME2") -> bytes:
@@ -345,16 +337,20 @@ def _read_all(path, **kw):
             _check_image_contract(img, path)
 
 
-def test_fuzz_dicom_attributes(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fuzz-dicom-attrs") / "case.dcm"
+def _fuzz_file_reads(path, strategy) -> None:
+    """Write each generated file to ``path`` and read it every way (``_read_all``)."""
 
     @fuzz_settings(BUDGET["image"])
-    @given(dicom_cases())
+    @given(strategy)
     def run(data):
         path.write_bytes(data)
         _read_all(path)
 
     run()
+
+
+def test_fuzz_dicom_attributes(tmp_path_factory):
+    _fuzz_file_reads(tmp_path_factory.mktemp("fuzz-dicom-attrs") / "case.dcm", dicom_cases())
 
 
 MHA_FIELDS = {
@@ -387,15 +383,7 @@ def mha_cases(draw):
 
 
 def test_fuzz_mha_header_fields(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fuzz-mha-fields") / "case.mha"
-
-    @fuzz_settings(BUDGET["image"])
-    @given(mha_cases())
-    def run(data):
-        path.write_bytes(data)
-        _read_all(path)
-
-    run()
+    _fuzz_file_reads(tmp_path_factory.mktemp("fuzz-mha-fields") / "case.mha", mha_cases())
 
 
 @st.composite
@@ -426,15 +414,7 @@ def png_ihdr_cases(draw):
 
 
 def test_fuzz_png_ihdr(tmp_path_factory):
-    path = tmp_path_factory.mktemp("fuzz-png-ihdr") / "case.png"
-
-    @fuzz_settings(BUDGET["image"])
-    @given(png_ihdr_cases())
-    def run(data):
-        path.write_bytes(data)
-        _read_all(path)
-
-    run()
+    _fuzz_file_reads(tmp_path_factory.mktemp("fuzz-png-ihdr") / "case.png", png_ihdr_cases())
 
 
 # ------------------------------------------------------------------------ (b) metadata
