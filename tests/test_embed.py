@@ -179,3 +179,10 @@ def test_unreadable_images_fail_fast_or_are_skipped_and_listed(tmp_path):
     store = embed_dataset(fn, ds, tmp_path / "lenient", {"a": 3}, batch_size=2, device="cpu", precision="fp32",
                           on_error="skip")
     assert len(store) == 5 and json.loads((tmp_path / "lenient" / "skipped.json").read_text())["count"] == 1
+    # the file is repaired: a rerun (default policy) embeds it and the report says so
+    m.df.loc[m.df["id"] == "img2", "path"] = m.df.loc[m.df["id"] == "img1", "path"].values
+    store = embed_dataset(fn, ImageDataset(m, 16, cache=False), tmp_path / "lenient", {"a": 3}, batch_size=2,
+                          device="cpu", precision="fp32")
+    assert len(store) == 6
+    rep = json.loads((tmp_path / "lenient" / "skipped.json").read_text())
+    assert rep["policy"] == "raise" and rep["count"] == 0 and rep["items"] == []

@@ -183,3 +183,21 @@ def test_cli_shard_cache_train_embed(tmp_path):
                  "--out", str(tmp_path / "emb"), "--device", "cpu", "--index", "exact"]) == 0
     st = EmbeddingStore.open(tmp_path / "emb")
     assert len(st) == 8 and (tmp_path / "emb" / "index-e_da-exact" / "index.faiss").is_file()
+    # the same command gives the same weights (the initial student comes from the run seed) ...
+    train = ["train", "--shards", str(tmp_path / "sh"), "--stream", "--teacher", f"disease={tmp_path / 'disease'}",
+             "--teacher", f"anatomy={tmp_path / 'anatomy'}", "--teacher-cache", f"disease={tmp_path / 'cache' / 'disease'}",
+             *common, "--set", "stage1.epochs=1", "--set", "stage2.epochs=1", "--set", "stage1.batch_size=4",
+             "--set", "stage2.batch_size=4", "--set", "device=cpu"]
+    assert main([*train, "--out", str(tmp_path / "run2")]) == 0
+    from safetensors.torch import load_file
+
+    w1, w2 = (load_file(str(tmp_path / r / "final" / "model.safetensors")) for r in ("run", "run2"))
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    # ... a new run refuses a folder that holds checkpoints (exit 2, nothing overwritten) ...
+    assert main([*train, "--out", str(tmp_path / "run")]) == 2
+    # ... and an embedding store made with other weights is not silently extended
+    assert main([*train, "--out", str(tmp_path / "run3"), "--set", "seed=1"]) == 0
+    assert main(["embed", "--checkpoint", str(tmp_path / "run3" / "final"), "--shards", str(tmp_path / "sh"),
+                 "--out", str(tmp_path / "emb"), "--device", "cpu"]) == 2
+    assert main(["embed", "--checkpoint", str(tmp_path / "run2" / "final"), "--shards", str(tmp_path / "sh"),
+                 "--out", str(tmp_path / "emb"), "--device", "cpu"]) == 0  # same weights, another folder: fine

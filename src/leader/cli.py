@@ -26,7 +26,7 @@ import logging
 import sys
 from pathlib import Path
 
-from leader.errors import LeaderError
+from leader.errors import ImageReadError, LeaderError
 
 # Further command groups live in their own modules, each with ``register(subparsers, groups)``
 # where ``groups`` maps "data" / "teachers" to those sub-command groups (to add e.g. ``teachers import``).
@@ -93,6 +93,8 @@ def _cmd_fit(a) -> int:
 def _cmd_train(a) -> int:
     import pandas as pd  # noqa: PLC0415
 
+    import torch  # noqa: PLC0415
+
     from leader.config import load_config  # noqa: PLC0415
     from leader.manifest import Manifest  # noqa: PLC0415
     from leader.models.student import LeaderModel  # noqa: PLC0415
@@ -113,6 +115,7 @@ def _cmd_train(a) -> int:
     teachers = apply_teacher_cache(teachers, caches)
     sc = cfg["student"]
     S = int(sc["img_size"])
+    torch.manual_seed(int(cfg.get("seed", 0)))  # the initial student (and heads) come from the run seed
     model = LeaderModel.for_teachers(teachers, backbone=sc["backbone"], img_size=S, hidden_dim=sc.get("hidden_dim"),
                                      backbone_kwargs=sc.get("backbone_kwargs") or {},
                                      pretrained_file=sc.get("pretrained_file"))
@@ -143,6 +146,11 @@ def _cmd_train(a) -> int:
         stage1 = ImageDataset(train, S, transform=aug)
         stage2 = PairDataset(train, pairs, S, transform=aug) if len(pairs) and not a.stage1_only else None
     trainer = Trainer(model, teachers, cfg, a.out)
+    logging.getLogger("leader.train").setLevel(logging.INFO)  # epoch summaries and resume position
+    if trainer.is_main and a.resume:
+        last = trainer.latest_checkpoint()
+        print(f"resuming from {last}" if last is not None else
+              f"--resume: no checkpoint in {Path(a.out) / 'checkpoints'}: starting from scratch", file=sys.stderr)
     try:
         final = trainer.fit(stage1, stage2, resume=a.resume)
         if trainer.is_main:
@@ -150,6 +158,17 @@ def _cmd_train(a) -> int:
     finally:
         D.cleanup()
     return 0
+
+
+def _file_sha256(path: Path) -> str:
+    """SHA-256 of a file (identifies the weights an embedding store was made with)."""
+    import hashlib  # noqa: PLC0415
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _cmd_embed(a) -> int:
@@ -169,7 +188,7 @@ def _cmd_embed(a) -> int:
         ds = ShardPatchDataset(a.shards) if a.shard_patches else ShardImageDataset(a.shards)
         if ds.image_size != S:
             raise ValueError(f"shards are {ds.image_size}x{ds.image_size} but the model takes {S}x{S}")
-        source = {"shards": str(a.shards)}
+        source = {"shards": str(Path(a.shards).resolve())}
     else:
         if not a.manifest:
             raise ValueError("give --manifest or --shards")
@@ -181,13 +200,16 @@ def _cmd_embed(a) -> int:
             ds = PatchDataset(m, pd.read_parquet(a.patches), S, transform=None)
         else:
             ds = ImageDataset(m, S, transform=None)
-        source = {"manifest": str(a.manifest)}
+        source = {"manifest": str(Path(a.manifest).resolve())}
+        if a.patches:
+            source["patches"] = str(Path(a.patches).resolve())
     try:
         store = embed_dataset(student_embed_fn(model), ds, a.out, dims, batch_size=a.batch_size,
                               num_workers=a.num_workers, device=dev, precision=a.precision,
                               flush_every=a.flush_every, store_dtype=a.store_dtype,
                               channels_last=dev.type == "cuda",
-                              meta={"checkpoint": str(a.checkpoint), **source}, on_error=a.on_error)
+                              meta={"checkpoint_sha256": _file_sha256(Path(a.checkpoint) / "model.safetensors"),
+                                    **source}, on_error=a.on_error)
         if info.is_main:
             print(f"{len(store)} embeddings ({', '.join(f'{k}: {d}' for k, d in dims.items())}) -> {a.out}")
             if a.index:
@@ -287,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"leader: error: {e}", file=sys.stderr)
+        if isinstance(e, ImageReadError) and getattr(args, "on_error", None) == "raise":
+            print("leader: hint: --on-error skip leaves unreadable files out and lists them with their reason",
+                  file=sys.stderr)
         return 2
 
 

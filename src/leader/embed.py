@@ -174,7 +174,8 @@ def embed_dataset(
         on_error: ``"raise"`` (default: the first unreadable item stops the run; a rerun
             continues after the committed rows) or ``"skip"``: items whose loading raises
             :data:`leader.train.views.SKIPPABLE` errors are left out of the store and listed
-            with their reason in ``STORE/skipped.json`` (rewritten by every run, which retries them).
+            with their reason in ``STORE/skipped.json`` (rewritten by every completed run, under
+            either policy, which retries them).
 
     Under ``torchrun`` (process group initialised, see :mod:`leader.train.distributed`) every
     rank embeds its share; all ranks return the merged store.
@@ -219,10 +220,10 @@ def embed_dataset(
                                                       dtype=store_dtype)
     skipped = _embed_into(fn, dataset, main, W, r, store, dims, dev, batch_size, num_workers, precision,
                           flush_every, desc, channels_last, show=info.is_main)
-    if on_error == "skip":
-        items = [it for part in D.all_gather_object(skipped) for it in part]
-        if info.is_main:
-            _write_skipped(store_path, items)
+    # rewritten by every completed run (count 0 under "raise"), so an old report never goes stale
+    items = [it for part in D.all_gather_object(skipped) for it in part]
+    if info.is_main:
+        _write_skipped(store_path, items, on_error)
     if W > 1:
         D.barrier()
         if r == 0:
@@ -317,7 +318,7 @@ def _collate_skipping(items: list[dict]) -> dict:
     return out
 
 
-def _write_skipped(store_path: Path, items: list[dict]) -> None:
+def _write_skipped(store_path: Path, items: list[dict], policy: str) -> None:
     from leader.utils import atomic_write_json  # noqa: PLC0415
 
     by_reason: dict[str, int] = {}
@@ -325,7 +326,7 @@ def _write_skipped(store_path: Path, items: list[dict]) -> None:
         k = it["reason"].split(":", 1)[0]
         by_reason[k] = by_reason.get(k, 0) + 1
     atomic_write_json(store_path / "skipped.json", {
-        "policy": "skip", "count": len(items), "counts_by_reason": by_reason,
+        "policy": policy, "count": len(items), "counts_by_reason": by_reason,
         "items": sorted(items, key=lambda it: it["id"])})
     if items:
         log.warning("%d unreadable item(s) skipped, not embedded; listed in %s", len(items),

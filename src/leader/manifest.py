@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -540,26 +539,19 @@ class Manifest:
         return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write Parquet atomically: a temporary file in the same folder, then ``os.replace``.
+        """Write Parquet atomically (:func:`leader.utils.atomic_path`: a temporary file in the
+        same folder, fsynced, then ``os.replace``; the usual ``0o666 & ~umask`` permissions).
 
         A crash mid-write never leaves a truncated file at ``path``.
         """
         import pyarrow.parquet as pq
 
+        from leader.utils import atomic_path
+
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         table = self._arrow_table()
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
+        with atomic_path(path) as tmp:
             pq.write_table(table, tmp)
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
         return path
 
     @classmethod

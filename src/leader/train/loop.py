@@ -743,6 +743,7 @@ class Trainer:
                 seen = start_sample if first else 0
                 estep = start_estep if first else 0
                 loader, _ = self._loader(dataset, stage, epoch, seen, estep)
+                ep_sum, ep_n, ep_t0 = 0.0, 0, time.perf_counter()
                 self.layout = {"world": W, "micro": mb, "accum": A, "workers": int(self.cfg.get("num_workers", 0))}
                 batches = iter(loader)
                 while True:
@@ -809,6 +810,7 @@ class Trainer:
                            "lr": lr, "samples_per_s": n_glob / max(dt, 1e-9), "time": time.time()}
                     row.update(dict(zip(names, means[1:])))
                     log_file.write(row)
+                    ep_sum, ep_n = ep_sum + loss_v, ep_n + 1
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_v:.4f}", epoch=epoch)
                     faults.point("train.after_step")
@@ -819,6 +821,10 @@ class Trainer:
                         bar.close()
                         raise _Stopped
                 pos.update(epoch=epoch + 1, sample=0, epoch_step=0)
+                if self.is_main:
+                    log.info("stage %d epoch %d/%d: mean loss %.4g over %d steps (%.1f s)%s", stage, epoch + 1,
+                             epochs, ep_sum / max(ep_n, 1), ep_n, time.perf_counter() - ep_t0,
+                             " (resumed mid-epoch)" if first and start_estep else "")
                 n_skip = sum(1 for k in self._skipped if k[0] == stage and k[1] == epoch)
                 if n_skip:
                     log.warning("stage %d epoch %d: %d unreadable sample(s) skipped (weight 0); see %s",
@@ -846,7 +852,7 @@ class Trainer:
         if not resume and self.is_main and self._ckpts.latest(hashes=False) is not None:
             raise FileExistsError(
                 f"{self.out} already holds checkpoints of a run ({self._ckpts.latest(hashes=False)}): "
-                "continue it with --resume (resume=True) or choose a new output folder")
+                "continue it with --resume (Python: fit(..., resume=True)) or choose a new output folder")
         resumed = self.resume() if resume else False
         if resumed:
             self._load_skip_report()
