@@ -148,7 +148,7 @@ def _cmd_train(a) -> int:
     trainer = Trainer(model, teachers, cfg, a.out)
     logging.getLogger("leader.train").setLevel(logging.INFO)  # epoch summaries and resume position
     if trainer.is_main and a.resume:
-        last = trainer.latest_checkpoint()
+        last = trainer.latest_checkpoint(verify=False)
         print(f"resuming from {last}" if last is not None else
               f"--resume: no checkpoint in {Path(a.out) / 'checkpoints'}: starting from scratch", file=sys.stderr)
     try:

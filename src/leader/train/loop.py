@@ -392,19 +392,20 @@ class Trainer:
                 self._write_skip_report(skipped)
             except OSError as exc:
                 err = exc
-        err_text = D.broadcast_object(None if err is None else str(err)) if self.dist.distributed else (
-            None if err is None else str(err))
+        msg = None if err is None else str(err)
+        if self.dist.distributed:  # every rank raises, none waits forever
+            msg = D.broadcast_object(msg)
         if err is not None:
             raise err
-        if err_text is not None:
-            raise WriteError(0, f"rank 0 could not write a checkpoint: {err_text}")
+        if msg is not None:
+            raise WriteError(0, f"rank 0 could not write a checkpoint: {msg}")
         D.barrier()
         return path if path is not None else self.ckpt_dir / "last"
 
     # ------------------------------------------------------------------ faults
     def _nonfinite(self, stage: int, epoch: int, step: int, what: str) -> None:
         """Stop on a NaN/Inf loss or gradient before the optimizer step (nothing is saved)."""
-        last = self._ckpts.latest(hashes=False)
+        last = self.latest_checkpoint(verify=False)
         keep = (f"the last good checkpoint {last} is kept; lower optim.lr, set optim.grad_clip or precision: fp32, "
                 "then rerun with --resume") if last else "no checkpoint had been written yet"
         raise FloatingPointError(f"stage {stage} epoch {epoch} step {step}: {what}. Training stopped before "
@@ -472,9 +473,10 @@ class Trainer:
             for it in read_json(p).get("items", []):
                 self._skipped.setdefault((int(it["stage"]), int(it["epoch"]), str(it["id"])), it)
 
-    def latest_checkpoint(self) -> Path | None:
-        """The newest complete (verified) checkpoint of this run, or ``None``."""
-        return self._ckpts.latest()
+    def latest_checkpoint(self, verify: bool = True) -> Path | None:
+        """The newest complete checkpoint of this run, or ``None``; ``verify`` also checks the
+        SHA-256 of its files against ``COMMIT.json`` (sizes are always checked)."""
+        return self._ckpts.latest(hashes=verify)
 
     def resume(self) -> bool:
         """Load the latest checkpoint if there is one (every rank). Returns True when resumed.
@@ -849,9 +851,12 @@ class Trainer:
             WriteError: a checkpoint could not be written (the previous one is intact).
             ImageReadError: more than ``data.max_skip_fraction`` of the samples are unreadable.
         """
-        if not resume and self.is_main and self._ckpts.latest(hashes=False) is not None:
+        existing = self.latest_checkpoint(verify=False) if not resume and self.is_main else None
+        if self.dist.distributed:  # every rank refuses (rank 0 alone would leave the others waiting)
+            existing = D.broadcast_object(None if existing is None else str(existing))
+        if existing is not None:
             raise FileExistsError(
-                f"{self.out} already holds checkpoints of a run ({self._ckpts.latest(hashes=False)}): "
+                f"{self.out} already holds checkpoints of a run ({existing}): "
                 "continue it with --resume (Python: fit(..., resume=True)) or choose a new output folder")
         resumed = self.resume() if resume else False
         if resumed:
@@ -875,7 +880,7 @@ class Trainer:
                 self.run_stage(STAGE2, stage2_data, log_file)
         except _Stopped:
             log.info("max_steps=%s reached; stopped at %s", self.cfg.get("max_steps"), self.position)
-            return self.latest_checkpoint() or self.ckpt_dir / "last"
+            return self.latest_checkpoint(verify=False) or self.ckpt_dir / "last"
         finally:
             log_file.close()
         final = self.out / "final"
