@@ -163,6 +163,14 @@ def test_unreadable_samples_are_skipped_and_reported(tmp_path):
     assert "skipped unreadable sample img5" in r.stderr
 
 
+def test_raise_policy_stops_at_the_first_unreadable_sample_with_its_context(tmp_path):
+    from leader.errors import ImageReadError
+
+    trainer, tw = _inprocess_trainer(tmp_path / "run", **{"data.on_error": "raise"})
+    with pytest.raises(ImageReadError, match=r"^/data/img\d+\.png: truncated PNG .*\(stage 1, epoch 0, sample img\d+;"):
+        trainer.fit(tw.Images(bad_every=6), None)
+
+
 def test_too_many_unreadable_samples_stop_the_run(tmp_path):
     run = tmp_path / "run"
     r = _run(run, "--bad-every", 2, "--epochs", "1,1", "--max-skip", 0.2)  # half the data is broken

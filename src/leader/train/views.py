@@ -187,6 +187,9 @@ class ViewDataset(Dataset):
             item = self._item(i)
         except SKIPPABLE as exc:
             if self.on_error != "skip":
+                if isinstance(exc, (ImageReadError, ManifestError, BoxError)):  # add where training was
+                    raise type(exc)(f"{exc} (stage {self.stage}, epoch {self.epoch}, sample {self._item_id(i)}; "
+                                    "data.on_error: skip would skip it at weight 0)") from exc
                 raise
             skip = f"{self._item_id(i)}\t{type(exc).__name__}: {exc}"
             item = self._stand_in(i)
