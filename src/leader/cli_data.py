@@ -83,14 +83,17 @@ def _cmd_index(a) -> int:
     from leader.errors import write_error  # noqa: PLC0415
 
     had = Path(a.out).is_file()
+    report_path = skipped_report_path(a.out)
     try:  # atomic (temporary file + os.replace): a kill or a full disk leaves the old manifest
         faults.point("index.before_write")
+        # the old report goes first: a kill after the new manifest never leaves a report that
+        # describes another manifest beside it (no report = the indexing did not finish)
+        report_path.unlink(missing_ok=True)
         m.save(a.out)
     except OSError as exc:
         raise write_error(exc, a.out, intact=f"the previous manifest {a.out}" if had else None) from exc
     faults.point("index.after_write")
     report = skip_report(skipped, a.on_error)
-    report_path = skipped_report_path(a.out)
     atomic_write_json(report_path, report)
     reasons = ", ".join(f"{k}: {v}" for k, v in report["counts_by_reason"].items())
     line = f"indexed {len(m)} images, skipped {report['count']}" + (f" ({reasons})" if reasons else "")
