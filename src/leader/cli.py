@@ -160,21 +160,11 @@ def _cmd_train(a) -> int:
     return 0
 
 
-def _file_sha256(path: Path) -> str:
-    """SHA-256 of a file (identifies the weights an embedding store was made with)."""
-    import hashlib  # noqa: PLC0415
-
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _cmd_embed(a) -> int:
     import pandas as pd  # noqa: PLC0415
 
     from leader.embed import EmbeddingIndex, embed_dataset, student_embed_fn  # noqa: PLC0415
+    from leader.utils import file_sha256  # noqa: PLC0415
     from leader.models.checkpoint import load_model  # noqa: PLC0415
     from leader.train import distributed as D  # noqa: PLC0415
 
@@ -208,7 +198,7 @@ def _cmd_embed(a) -> int:
                               num_workers=a.num_workers, device=dev, precision=a.precision,
                               flush_every=a.flush_every, store_dtype=a.store_dtype,
                               channels_last=dev.type == "cuda",
-                              meta={"checkpoint_sha256": _file_sha256(Path(a.checkpoint) / "model.safetensors"),
+                              meta={"checkpoint_sha256": file_sha256(Path(a.checkpoint) / "model.safetensors"),
                                     **source}, on_error=a.on_error)
         if info.is_main:
             print(f"{len(store)} embeddings ({', '.join(f'{k}: {d}' for k, d in dims.items())}) -> {a.out}")

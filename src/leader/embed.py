@@ -319,15 +319,10 @@ def _collate_skipping(items: list[dict]) -> dict:
 
 
 def _write_skipped(store_path: Path, items: list[dict], policy: str) -> None:
+    from leader.train.views import skip_report  # noqa: PLC0415
     from leader.utils import atomic_write_json  # noqa: PLC0415
 
-    by_reason: dict[str, int] = {}
-    for it in items:
-        k = it["reason"].split(":", 1)[0]
-        by_reason[k] = by_reason.get(k, 0) + 1
-    atomic_write_json(store_path / "skipped.json", {
-        "policy": policy, "count": len(items), "counts_by_reason": by_reason,
-        "items": sorted(items, key=lambda it: it["id"])})
+    atomic_write_json(store_path / "skipped.json", skip_report(items, policy))
     if items:
         log.warning("%d unreadable item(s) skipped, not embedded; listed in %s", len(items),
                     store_path / "skipped.json")

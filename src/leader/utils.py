@@ -26,6 +26,7 @@ __all__ = [
     "read_json",
     "atomic_dir",
     "fsync_tree",
+    "file_sha256",
 ]
 
 
@@ -203,3 +204,18 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex SHA-256 of a file's bytes, read in ``chunk``-byte blocks.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()

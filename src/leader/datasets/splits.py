@@ -46,6 +46,7 @@ import pandas as pd
 
 from leader.errors import ManifestError
 from leader.manifest import Manifest
+from leader.utils import file_sha256
 
 __all__ = [
     "OFFICIAL_SPLIT_DATASETS", "group_ids", "duplicate_groups", "assign_splits", "fraction_keys",
@@ -128,11 +129,7 @@ def duplicate_groups(m: Manifest, *, on_missing: str = "skip") -> np.ndarray:
     out = []
     for i, p in zip(m.df["id"], m.df["path"]):
         try:
-            h = hashlib.sha256()
-            with open(p, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
-            out.append(h.hexdigest())
+            out.append(file_sha256(p))
         except OSError as e:
             if on_missing == "raise":
                 raise ManifestError(f"{i}: cannot read {p} for the duplicate check: {e}") from None

@@ -24,7 +24,6 @@ Checkpoints of the earlier layout (a plain ``last/`` or ``last.old/`` folder hol
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import re
@@ -35,7 +34,7 @@ from typing import Callable
 
 from leader import faults
 from leader.errors import as_os_error, write_error
-from leader.utils import _fsync_dir, _umask, atomic_write_json, fsync_tree, read_json
+from leader.utils import _fsync_dir, _umask, atomic_write_json, file_sha256, fsync_tree, read_json
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +43,6 @@ __all__ = ["CheckpointDir", "REQUIRED_FILES", "verify_checkpoint"]
 REQUIRED_FILES = ("model.safetensors", "config.json", "training_state.pt")
 COMMIT = "COMMIT.json"
 _NAME = re.compile(r"^ckpt-(\d{6,})$")
-
-
-def _sha256(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_checkpoint(folder: str | os.PathLike, *, hashes: bool = True) -> str | None:
@@ -82,7 +73,7 @@ def verify_checkpoint(folder: str | os.PathLike, *, hashes: bool = True) -> str 
             return f"{folder}: {name} is missing"
         if p.stat().st_size != int(meta["size"]):
             return f"{folder}: {name} has {p.stat().st_size} bytes, {COMMIT} records {meta['size']}"
-        if hashes and _sha256(p) != meta["sha256"]:
+        if hashes and file_sha256(p) != meta["sha256"]:
             return f"{folder}: {name} does not match its SHA-256 in {COMMIT}"
     return None
 
@@ -158,7 +149,7 @@ class CheckpointDir:
             files = {}
             for f in sorted(tmp.iterdir()):
                 if f.is_file():
-                    files[f.name] = {"size": f.stat().st_size, "sha256": _sha256(f)}
+                    files[f.name] = {"size": f.stat().st_size, "sha256": file_sha256(f)}
             missing = [f for f in REQUIRED_FILES if f not in files]
             if missing:
                 raise RuntimeError(f"checkpoint writer left out {missing}")

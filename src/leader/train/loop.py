@@ -57,7 +57,7 @@ from leader.errors import ImageReadError, WriteError
 from leader.utils import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from leader.train import distributed as D
 from leader.train.checkpoints import CheckpointDir
-from leader.train.views import ViewDataset, ViewPolicy
+from leader.train.views import ViewDataset, ViewPolicy, skip_report
 
 from leader.losses import make_loss
 from leader.models.checkpoint import load_model, save_model
@@ -455,17 +455,7 @@ class Trainer:
         """``skipped.json`` next to the run: policy, counts and every skipped item with its reason."""
         if not self.is_main:
             return
-        by_reason: dict[str, int] = {}
-        for it in items:
-            kind = it["reason"].split(":", 1)[0]
-            by_reason[kind] = by_reason.get(kind, 0) + 1
-        atomic_write_json(self.out / "skipped.json", {
-            "policy": self.on_error,
-            "count": len({it["id"] for it in items}),
-            "occurrences": len(items),
-            "counts_by_reason": by_reason,
-            "items": sorted(items, key=lambda it: (it["stage"], it["epoch"], it["id"])),
-        })
+        atomic_write_json(self.out / "skipped.json", skip_report(items, self.on_error))
 
     def _load_skip_report(self) -> None:
         p = self.out / "skipped.json"
