@@ -171,7 +171,7 @@ def _throughput(a, work: Path) -> None:
     from leader.config import load_config
     from leader.embed import embed_dataset, student_embed_fn
     from leader.models.student import LeaderModel
-    from leader.train.loop import autocast_context
+    from leader.device import autocast_context
 
     sc = load_config("demo-quick")["student"]
     torch.manual_seed(0)

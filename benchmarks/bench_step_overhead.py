@@ -50,7 +50,8 @@ def main() -> None:
     from leader.patches import PairDataset
     from leader.shards import ShardPairDataset
     from leader.train import loop
-    from leader.train.loop import Trainer, autocast_context
+    from leader.device import autocast_context
+    from leader.train.loop import Trainer
     from leader.transforms import PairedAugment
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-step-"))

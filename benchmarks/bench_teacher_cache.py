@@ -36,7 +36,8 @@ def main() -> None:
     from leader.shards import ShardImageDataset, ShardPairDataset, ShardPatchDataset
     from leader.teachers.cache import apply_teacher_cache, cache_teacher
     from leader.train import loop
-    from leader.train.loop import Trainer, autocast_context
+    from leader.device import autocast_context
+    from leader.train.loop import Trainer
     from leader.transforms import PairedAugment
 
     work = Path(a.work or tempfile.mkdtemp(prefix="bench-cache-"))

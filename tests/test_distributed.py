@@ -37,7 +37,7 @@ HERE = Path(__file__).resolve()
 
 
 class _Images(Dataset):
-    """Random images; a ``transform`` attribute so the trainer controls the (seeded) views."""
+    """Random images, un-augmented (``transform`` None): the trainer applies the seeded views."""
 
     def __init__(self, n=N, seed=0, transform=None):
         g = torch.Generator().manual_seed(seed)
@@ -73,16 +73,16 @@ def _teacher(name, dim, seed):
 def _setup(extra=()):
     from leader.config import load_config
     from leader.models.student import LeaderModel
-    from leader.transforms import PairedAugment
 
     cfg = load_config("demo-quick", ["stage1.epochs=2", "stage2.epochs=2", "stage1.batch_size=8",
                                      "stage2.batch_size=8", "optim.warmup_steps=2", "precision=fp32",
-                                     "checkpoint_every=0", "device=cpu", "num_workers=0", *extra])
+                                     "checkpoint_every=0", "device=cpu", "num_workers=0", "augment.degrees=5",
+                                     "augment.translate=0.05", "augment.scale=[0.95,1.05]", *extra])
     teachers = {"disease": _teacher("disease", 12, 1), "anatomy": _teacher("anatomy", 20, 2)}
     torch.manual_seed(0)
     model = LeaderModel.for_teachers(teachers, backbone="test_vit", img_size=S)
-    aug = PairedAugment(degrees=5, translate=0.05, scale=(0.95, 1.05))
-    return cfg, teachers, model, _Images(transform=aug), _Pairs(transform=aug)
+    # the trainer applies cfg.augment (here degrees 5, translate 0.05, scale 0.95-1.05) to un-augmented items
+    return cfg, teachers, model, _Images(), _Pairs()
 
 
 def _anatomy(model) -> dict:

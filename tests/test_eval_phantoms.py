@@ -227,7 +227,7 @@ def test_ablation_set_trains_and_compares(kit, tmp_path):
     assert set(t["method"]) == {"both", "disease only", "disease teacher", "anatomy teacher", "teachers concat"}
     assert set(t["task"]) == {"anatomy probe acc.", "anatomy kNN acc.", "disease probe AUC", "retrieval P@K"}
     assert (tmp_path / "o" / "runs" / "disease-only" / "seed-0" / "final" / "model.safetensors").is_file()
-    from leader.models.checkpoint import load_model
+    from leader.models.student import load_model
 
     assert load_model(tmp_path / "o" / "runs" / "disease-only" / "seed-0" / "final").head_names == ["disease"]
     assert "**" in (tmp_path / "o" / "ablation.md").read_text()
@@ -251,7 +251,7 @@ def test_packaged_ablation_sets_resolve():
 
 
 def test_student_source_from_model_object(kit):
-    from leader.models.checkpoint import load_model
+    from leader.models.student import load_model
 
     src = student_source(load_model(kit["student"]))
     assert src.keys == ["e_da", "disease", "anatomy"] and src.img_size == 64

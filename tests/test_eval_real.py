@@ -177,7 +177,7 @@ def test_real_ablation_branches(pack, tmp_path):
         rec = run_ablation("b", m, teachers, tmp_path / "o", overrides=tiny, sets_file=sets, n_splits=3,
                            retrieval_k=3)
     assert set(rec["method"]) == {"both", "anatomy only", "disease teacher", "anatomy teacher", "teachers concat"}
-    from leader.models.checkpoint import load_model
+    from leader.models.student import load_model
 
     assert load_model(tmp_path / "o" / "runs" / "anatomy-only" / "seed-0" / "final").head_names == ["anatomy"]
     assert (tmp_path / "o" / "figures" / "ablation.png").is_file()

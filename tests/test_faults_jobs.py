@@ -44,7 +44,7 @@ STATS: dict[tuple[str, str], list[int]] = {}  # (job, fault) -> [runs, survived,
 _ZYGOTE = r"""
 import json, os, resource, signal, sys, traceback
 import torch, timm, pandas, pyarrow.parquet
-import leader.cli, leader.cli_data, leader.cli_scale, leader.embed, leader.shards, leader.manifest
+import leader.cli, leader.cli.data, leader.cli.teachers, leader.recipe, leader.embed, leader.shards, leader.manifest
 import leader.patches, leader.models.checkpoint, leader.datasets.pack, leader.config
 print("ready", flush=True)
 for line in sys.stdin:

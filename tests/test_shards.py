@@ -145,7 +145,6 @@ def test_trainer_runs_on_streamed_and_random_access_shards(shards, tmp_path):
     from leader.teachers.base import InputSpec
     from leader.teachers.module import ModuleTeacher
     from leader.train.loop import Trainer, read_losses
-    from leader.transforms import PairedAugment
 
     out, _ = shards
     torch.manual_seed(0)
@@ -155,9 +154,9 @@ def test_trainer_runs_on_streamed_and_random_access_shards(shards, tmp_path):
     model = LeaderModel.for_teachers(teachers, backbone="test_vit", img_size=32)
     cfg = load_config("demo-quick", ["stage1.epochs=1", "stage2.epochs=1", "stage1.batch_size=4",
                                      "stage2.batch_size=8", "precision=fp32", "device=cpu", "checkpoint_every=0"])
-    aug = PairedAugment()
-    s1 = ShardStream(out, "image", transform=aug, shuffle_buffer=4)
-    s2 = ShardPairDataset(out, transform=aug)
+    # un-augmented readers: the trainer applies cfg.augment (the paper's PairedAugment defaults)
+    s1 = ShardStream(out, "image", shuffle_buffer=4)
+    s2 = ShardPairDataset(out)
     Trainer(model, teachers, cfg, tmp_path, device=torch.device("cpu")).fit(s1, s2)
     rows = read_losses(tmp_path / "losses.csv")
     assert sum(r["stage"] == 1 for r in rows) == math.ceil(s1.micro_batches_per_rank(1, 4) / 1)

@@ -291,7 +291,7 @@ def test_load_training_state_refuses_malicious_pickle(tmp_path):
 def test_load_model_names_a_missing_folder(tmp_path):
     import pytest as _pytest
 
-    from leader.models.checkpoint import load_model
+    from leader.models.student import load_model
 
     with _pytest.raises(FileNotFoundError, match="no such folder"):
         load_model(tmp_path / "nope")

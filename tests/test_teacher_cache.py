@@ -15,7 +15,7 @@ from leader.store import EmbeddingStore
 from leader.teachers.base import InputSpec
 from leader.teachers.cache import CachedTeacher, apply_teacher_cache, cache_teacher, teacher_view_info
 from leader.teachers.module import ModuleTeacher
-from leader.train.views import fixed_view_seed, make_view, view_id
+from leader.views import fixed_view_seed, make_view, view_id
 from leader.transforms import PairedAugment
 
 S = 32
@@ -126,14 +126,14 @@ def test_training_on_the_cache_equals_online_teachers_on_the_same_views(tmp_path
     online["disease"]._forward = counting
     tr = Trainer(_student(mixed), mixed, _cfg(), tmp_path / "cached", device=torch.device("cpu"))
     assert tr.views.mode == "cached" and tr.views.n_views == 3
-    tr.fit(_Imgs(8, transform=aug), _Pairs(8, transform=aug))
+    tr.fit(_Imgs(8), _Pairs(8))  # un-augmented: the trainer's view policy augments
     assert calls["n"] == 0  # the disease teacher never ran: its targets came from the cache
     online["disease"]._forward = orig
     # the same views with both teachers online give the same losses
     ref = Trainer(_student(online), online, _cfg(), tmp_path / "online", device=torch.device("cpu"))
     assert ref.views.mode == "random"
     ref.views = tr.views
-    ref.fit(_Imgs(8, transform=aug), _Pairs(8, transform=aug))
+    ref.fit(_Imgs(8), _Pairs(8))
     a = [r["loss"] for r in read_losses(tmp_path / "cached" / "losses.csv")]
     b = [r["loss"] for r in read_losses(tmp_path / "online" / "losses.csv")]
     assert len(a) == len(b) == 2 * 2 + 2

@@ -30,18 +30,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from leader.config import load_config
+from leader.config import Config, load_config
+from leader.datasets.pack import index_root
 from leader.embed import embed_dataset, student_embed_fn, teacher_embed_fn
 from leader.eval.anatomy import anatomy_metrics, plot_tsne, tsne
-from leader.eval.retrieval import disease_retrieval
+from leader.eval.retrieval import cosine_search, disease_retrieval
 from leader.manifest import Manifest
-from leader.models.checkpoint import load_model
-from leader.models.student import LeaderModel
-from leader.patches import ImageDataset, PairDataset, PatchDataset, disease_patches, healthy_patches, landmark_patches
-from leader.teachers.fit import fit_anatomy_expert, fit_disease_expert
-from leader.teachers.module import ModuleTeacher
-from leader.train.loop import Trainer, epoch_mean_losses, read_losses
-from leader.transforms import build_augment
+from leader.models.student import load_model
+from leader.patches import ImageDataset, PatchDataset
+from leader.phantoms import make_phantom_pack
+from leader.recipe import distil, fit_teacher, patch_tables, resolve_teachers, train_split
+from leader.train.loop import epoch_mean_losses, read_losses
 from leader.utils import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -56,18 +55,15 @@ def build_manifest(data_root: str | Path | None, out: Path, cfg: dict) -> tuple[
     generate phantoms when it is ``None``. Returns the manifest and a plain description."""
     path = out / "manifest.parquet"
     if data_root is None:
-        from leader.phantoms import make_phantom_pack  # noqa: PLC0415
-
-        n = int(cfg.get("phantoms", {}).get("n_images", 60))
+        n = int(cfg.phantoms.n_images)
         if path.exists():
             m = Manifest.load(path)
         else:
-            m = make_phantom_pack(out / "phantoms", n_images=n, size=512, seed=int(cfg.get("seed", 0)))
+            m = make_phantom_pack(out / "phantoms", n_images=n, size=512, seed=int(cfg.seed))
             m.save(path)
         desc = (f"{len(m)} procedurally generated chest phantoms (leader.phantoms, seed "
-                f"{cfg.get('seed', 0)}) with known lesion boxes and landmarks — NOT real radiographs")
+                f"{cfg.seed}) with known lesion boxes and landmarks — NOT real radiographs")
         return m, desc
-    from leader.datasets.pack import index_root  # noqa: PLC0415
 
     if path.exists():
         m = Manifest.load(path)
@@ -80,36 +76,17 @@ def build_manifest(data_root: str | Path | None, out: Path, cfg: dict) -> tuple[
     return m, desc
 
 
-def _patch_tables(m: Manifest, cfg: dict, out: Path) -> dict[str, pd.DataFrame]:
-    pc = cfg["patches"]
-    dis, skipped = disease_patches(m, margin=pc["margin"], min_size=pc["min_size"], on_bad_box=pc["on_bad_box"])
-    hea = healthy_patches(m, n_per_image=pc["healthy_per_image"], size_frac=tuple(pc["healthy_size_frac"]),
-                          seed=int(cfg.get("seed", 0)))
-    lm = landmark_patches(m)
-    for name, t in (("disease", dis), ("healthy", hea), ("landmark", lm)):
-        t.to_parquet(out / f"patches-{name}.parquet")
-    if skipped:
-        atomic_write_text(out / "patches-skipped.json", json.dumps(
-            [{"image_id": s[0], "box": str(s[1]), "reason": s[2]} for s in skipped], indent=2))
-    return {"disease": dis, "healthy": hea, "landmark": lm, "skipped": skipped}
-
-
 def _embed_all(fn, dims, m, patches, img_size, root: Path, precision: str, desc: str) -> dict:
     """Embed images, disease patches and landmark patches into three stores under ``root``."""
     stores = {}
     stores["images"] = embed_dataset(fn, ImageDataset(m, img_size, transform=None), root / "images", dims,
                                      precision=precision, desc=f"{desc}: images")
     for kind in ("disease", "landmark"):
-        if len(patches[kind]):
+        if len(patches.get(kind, ())):
             stores[kind] = embed_dataset(fn, PatchDataset(m, patches[kind], img_size, transform=None),
                                          root / f"patches-{kind}", dims, precision=precision,
                                          desc=f"{desc}: {kind} patches")
     return stores
-
-
-def _label_columns(m: Manifest) -> dict[str, np.ndarray]:
-    y = m.labels_array()
-    return {n: y[:, j] for j, n in enumerate(m.label_names)}
 
 
 def _evaluate(stores: dict, key: str, m: Manifest, patches: dict, k: int, n_queries: int, seed: int,
@@ -124,7 +101,7 @@ def _evaluate(stores: dict, key: str, m: Manifest, patches: dict, k: int, n_quer
         q_emb = stores["disease"].get(list(dis["patch_id"]), key)
         try:
             r = disease_retrieval(q_emb, list(dis["label"]), list(dis["image_id"]), gallery, list(m.df["id"]),
-                                  _label_columns(m), k=k, n_queries=n_queries, seed=seed)
+                                  m.labels_by_name(), k=k, n_queries=n_queries, seed=seed)
             res["retrieval"] = r.as_dict()
             res["retrieval_per_query"] = r.per_query
         except ValueError as e:
@@ -177,15 +154,13 @@ def _retrieval_figure(m: Manifest, patches: pd.DataFrame, per_query: list, store
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    from leader.eval.retrieval import cosine_search  # noqa: PLC0415
-
     done = [q for q in per_query if "precision" in q]
     if not done:
         return
     q = max(done, key=lambda r: (r["precision"], -r["query"]))
     prow = patches.iloc[q["query"]]
     lab = prow["label"]
-    col = _label_columns(m)[lab]
+    col = m.labels_by_name()[lab]
     known = np.flatnonzero(~np.isnan(col))
     known = np.array([i for i in known if m.df["id"].iloc[i] != prow["image_id"]])
     img_ids, img_emb = stores["images"].load(key)
@@ -216,94 +191,110 @@ def _retrieval_figure(m: Manifest, patches: pd.DataFrame, per_query: list, store
     plt.close(fig)
 
 
+def head_label(name: str, kind: str) -> str:
+    """How a head is named in reports: ``E'_D`` / ``E'_A`` for the paper's two kinds, ``E'[name]`` otherwise."""
+    sym = {"disease": "E'_D", "anatomy": "E'_A"}.get(kind, f"E'[{name}]")
+    return f"student {sym} ({name} head)"
+
+
 def run_demo(data_root: str | Path | None, out_dir: str | Path, quick: bool = False,
-             overrides: Sequence[str] = (), config: str | None = None) -> dict:
-    """Run the whole demo; returns the metrics dict also written to ``OUT/metrics.json``."""
+             overrides: Sequence[str] = (), config: str | None = None, cfg: Config | None = None) -> dict:
+    """Run the whole demo; returns the metrics dict also written to ``OUT/metrics.json``.
+
+    Every configured teacher of kind ``disease`` or ``anatomy`` (``cfg.teachers``) is fitted
+    with the recipe of its kind (``cfg.fit``), or taken from its ``source`` when one is set;
+    the student distils all of them (:func:`leader.recipe.distil`). Steps whose outputs exist
+    are reused, and the report says which.
+    """
     t_start, cpu_start = time.time(), time.process_time()
     load_start = round(os.getloadavg()[0], 2)
     out = Path(out_dir)
+    cfg = cfg if cfg is not None else load_config(config or ("demo-quick" if quick else "demo"), overrides)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = load_config(config or ("demo-quick" if quick else "demo"), overrides)
-    seed = int(cfg.get("seed", 0))
+    seed = int(cfg.seed)
     torch.manual_seed(seed)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
-    precision = cfg.get("precision", "bf16")
+    precision = cfg.precision
     timings: dict[str, float] = {}
+    reused: list[str] = []
 
     t = time.time()
+    if (out / "manifest.parquet").exists():
+        reused.append("manifest")
     _say("1/6 indexing data" if data_root else "1/6 generating chest phantoms (no --data-root)")
     m, data_desc = build_manifest(data_root, out, cfg)
-    train = m.subset((m.df["split"] == "train").to_numpy())
-    patches = _patch_tables(train, cfg, out)
+    train = train_split(m)
+    patches = patch_tables(cfg, train)
+    patches.save(out)
     timings["data"] = time.time() - t
-    _say(f"   {data_desc}; {len(patches['disease'])} diseased, {len(patches['healthy'])} healthy, "
-         f"{len(patches['landmark'])} landmark patches")
+    _say(f"   {data_desc}; {len(patches.disease)} diseased, {len(patches.healthy)} healthy, "
+         f"{len(patches.landmark)} landmark patches")
 
     t = time.time()
     tdir = out / "teachers"
-    fd, fa = cfg["fit"]["disease"], cfg["fit"]["anatomy"]
-    if not (tdir / "disease" / "teacher.json").exists():
-        _say("2/6 fitting the disease expert (supervised on disease labels)")
-        fit_disease_expert(train, tdir / "disease", arch=fd["arch"], img_size=fd["img_size"], epochs=fd["epochs"],
-                           batch_size=fd["batch_size"], lr=fd["lr"], patches_cfg=cfg["patches"],
-                           augment_cfg=cfg["augment"], seed=seed, precision=precision)
-    if not (tdir / "anatomy" / "teacher.json").exists():
-        _say("2/6 fitting the anatomy expert (label-free: where in the chest is this view)")
-        fit_anatomy_expert(train, tdir / "anatomy", arch=fa["arch"], img_size=fa["img_size"], epochs=fa["epochs"],
-                           batch_size=fa["batch_size"], lr=fa["lr"], crops_per_image=fa["crops_per_image"],
-                           seed=seed, precision=precision)
-    teachers = {"disease": ModuleTeacher.from_checkpoint_dir(tdir / "disease"),
-                "anatomy": ModuleTeacher.from_checkpoint_dir(tdir / "anatomy")}
+    sources: dict[str, str] = {}
+    for name, tc in cfg.teachers.items():
+        if tc.source is not None:
+            sources[name] = tc.source
+            continue
+        if tc.kind not in ("disease", "anatomy"):
+            _say(f"2/6 teacher {name!r} ({tc.kind}) has no source and no fitting recipe: left out")
+            continue
+        folder = tdir / name
+        if (folder / "teacher.json").exists():
+            reused.append(f"teacher {name}")
+        else:
+            _say(f"2/6 fitting the {name} expert ("
+                 + ("supervised on disease labels" if tc.kind == "disease" else "label-free: where in the chest is this view")
+                 + ")")
+            fit_teacher(cfg, tc.kind, train, folder)
+        sources[name] = str(folder)
+    teachers = resolve_teachers(cfg, sources)
     timings["teachers"] = time.time() - t
 
     t = time.time()
-    sc = cfg["student"]
-    S = int(sc["img_size"])
+    sc = cfg.student
+    S = int(sc.img_size)
     sdir = out / "student"
-    if not (sdir / "final" / "model.safetensors").exists():
-        _say(f"3/6 distilling into the student ({sc['backbone']} {sc.get('backbone_kwargs') or ''})")
-        model = LeaderModel.for_teachers(teachers, backbone=sc["backbone"], img_size=S,
-                                         hidden_dim=sc.get("hidden_dim"), backbone_kwargs=sc.get("backbone_kwargs") or {},
-                                         pretrained_file=sc.get("pretrained_file"))
-        aug = build_augment(cfg["augment"])
-        pair_patches = pd.concat([patches["disease"], patches["healthy"]], ignore_index=True)
-        stage2 = PairDataset(train, pair_patches, S, transform=aug) if len(pair_patches) else None
-        trainer = Trainer(model, teachers, cfg, sdir, device=torch.device("cpu") if cfg.get("device") == "cpu" else None)
-        trainer.fit(ImageDataset(train, S, transform=aug), stage2, resume=True)
+    if (sdir / "final" / "model.safetensors").exists():
+        reused.append("student")
+    else:
+        _say(f"3/6 distilling into the student ({sc.backbone} {sc.backbone_kwargs or ''})")
+    distil(cfg, teachers, sdir, manifest=m, tables=patches, reuse=True, say=lambda s: _say("   " + s))
     student = load_model(sdir / "final")
     timings["distillation"] = time.time() - t
 
     t = time.time()
     _say("4/6 embedding images and patches (student and teachers)")
     dims = {"e_da": student.e_da_dim, **{h: teachers[h].dim for h in teachers}}
-    st_stores = _embed_all(student_embed_fn(student), dims, m, patches, S, out / "embeddings" / "student",
+    tables = {"disease": patches.disease, "landmark": patches.landmark}
+    st_stores = _embed_all(student_embed_fn(student), dims, m, tables, S, out / "embeddings" / "student",
                            precision, "student")
-    te_stores = {name: _embed_all(teacher_embed_fn(tt), {"embedding": tt.dim}, m, patches, S,
+    te_stores = {name: _embed_all(teacher_embed_fn(tt), {"embedding": tt.dim}, m, tables, S,
                                   out / "embeddings" / f"teacher-{name}", precision, f"teacher {name}")
                  for name, tt in teachers.items()}
     timings["embedding"] = time.time() - t
 
     t = time.time()
     _say("5/6 zero-shot disease retrieval and anatomy checks")
-    ev = cfg["eval"]
+    ev = cfg.eval
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
     results = {}
-    variants = [("student E_DA", st_stores, "e_da", "student_e_da"),
-                ("student E'_D (disease head)", st_stores, "disease", "student_e_d"),
-                ("student E'_A (anatomy head)", st_stores, "anatomy", "student_e_a"),
-                ("disease teacher E_D", te_stores["disease"], "embedding", "teacher_disease"),
-                ("anatomy teacher E_A", te_stores["anatomy"], "embedding", "teacher_anatomy")]
+    kinds = {n: cfg.teacher(n).kind for n in teachers}
+    variants = [("student E_DA", st_stores, "e_da", "student_e_da")]
+    variants += [(head_label(n, kinds[n]), st_stores, n, f"student_head_{n}") for n in teachers]
+    variants += [(f"{n} teacher ({kinds[n]})", te_stores[n], "embedding", f"teacher_{n}") for n in teachers]
     for label, stores, key, slug in variants:
-        results[slug] = _evaluate(stores, key, m, patches, int(ev["retrieval_k"]), int(ev["retrieval_queries"]),
-                                  seed, float(ev["tsne_perplexity"]), figs / f"tsne-{slug}.png",
+        results[slug] = _evaluate(stores, key, m, tables, int(ev.retrieval_k), int(ev.retrieval_queries),
+                                  seed, float(ev.tsne_perplexity), figs / f"tsne-{slug}.png",
                                   f"landmark patches — {label}")
         results[slug]["name"] = label
     if "retrieval" in results["student_e_da"] and "error" not in results["student_e_da"]["retrieval"]:
-        _retrieval_figure(m, patches["disease"], results["student_e_da"]["retrieval_per_query"], st_stores,
+        _retrieval_figure(m, patches.disease, results["student_e_da"]["retrieval_per_query"], st_stores,
                           "e_da", figs / "retrieval-student_e_da.png")
-        _retrieval_figure(m, patches["disease"], results["teacher_disease"]["retrieval_per_query"],
-                          te_stores["disease"], "embedding", figs / "retrieval-teacher_disease.png")
+        for n in cfg.teachers_of_kind("disease", teachers):
+            _retrieval_figure(m, patches.disease, results[f"teacher_{n}"]["retrieval_per_query"],
+                              te_stores[n], "embedding", figs / f"retrieval-teacher_{n}.png")
     loss_rows = read_losses(sdir / "losses.csv")
     _plot_losses(sdir / "losses.csv", figs / "losses.png")
     timings["evaluation"] = time.time() - t
@@ -316,14 +307,14 @@ def run_demo(data_root: str | Path | None, out_dir: str | Path, quick: bool = Fa
     metrics = {
         "data": data_desc,
         "n_images": len(m),
-        "n_disease_patches": int(len(patches["disease"])),
-        "n_healthy_patches": int(len(patches["healthy"])),
-        "n_landmark_patches": int(len(patches["landmark"])),
+        "n_disease_patches": int(len(patches.disease)),
+        "n_healthy_patches": int(len(patches.healthy)),
+        "n_landmark_patches": int(len(patches.landmark)),
         "stage1_loss_first": s1[0] if s1 else float("nan"),
         "stage1_loss_last": s1[-1] if s1 else float("nan"),
         "stage2_loss_first": s2[0] if s2 else float("nan"),
         "stage2_loss_last": s2[-1] if s2 else float("nan"),
-        "retrieval_k": int(ev["retrieval_k"]),
+        "retrieval_k": int(ev.retrieval_k),
         "retrieval_precision_at_k": _get("student_e_da", "retrieval", "mean"),
         "retrieval_precision_at_k_std": _get("student_e_da", "retrieval", "std"),
         "retrieval_n_queries": _get("student_e_da", "retrieval", "n_queries"),
@@ -331,29 +322,33 @@ def run_demo(data_root: str | Path | None, out_dir: str | Path, quick: bool = Fa
         "anatomy_knn_accuracy": _get("student_e_da", "anatomy", "knn_accuracy"),
         "anatomy_silhouette": _get("student_e_da", "anatomy", "silhouette"),
         "anatomy_chance": _get("student_e_da", "anatomy", "chance"),
-        "teachers": {slug: {"retrieval_precision_at_k": _get(slug, "retrieval", "mean"),
-                            "retrieval_precision_at_k_std": _get(slug, "retrieval", "std"),
-                            "anatomy_knn_accuracy": _get(slug, "anatomy", "knn_accuracy"),
-                            "anatomy_silhouette": _get(slug, "anatomy", "silhouette")}
-                     for slug in ("teacher_disease", "teacher_anatomy")},
-        "student_heads": {slug: {"retrieval_precision_at_k": _get(slug, "retrieval", "mean"),
-                                 "anatomy_knn_accuracy": _get(slug, "anatomy", "knn_accuracy"),
-                                 "anatomy_silhouette": _get(slug, "anatomy", "silhouette")}
-                          for slug in ("student_e_d", "student_e_a")},
+        "teachers": {f"teacher_{n}": {"kind": kinds[n],
+                                      "retrieval_precision_at_k": _get(f"teacher_{n}", "retrieval", "mean"),
+                                      "retrieval_precision_at_k_std": _get(f"teacher_{n}", "retrieval", "std"),
+                                      "anatomy_knn_accuracy": _get(f"teacher_{n}", "anatomy", "knn_accuracy"),
+                                      "anatomy_silhouette": _get(f"teacher_{n}", "anatomy", "silhouette")}
+                     for n in teachers},
+        "student_heads": {f"student_head_{n}": {"kind": kinds[n],
+                                                "retrieval_precision_at_k": _get(f"student_head_{n}", "retrieval", "mean"),
+                                                "anatomy_knn_accuracy": _get(f"student_head_{n}", "anatomy", "knn_accuracy"),
+                                                "anatomy_silhouette": _get(f"student_head_{n}", "anatomy", "silhouette")}
+                          for n in teachers},
         "stage1_epoch_losses": s1,
         "stage2_epoch_losses": s2,
+        "reused": reused,
         "timings_s": {k: round(v, 1) for k, v in timings.items()},
         "total_seconds": round(time.time() - t_start, 1),
         "cpu_seconds": round(time.process_time() - cpu_start, 1),
         "load_average_1min": [load_start, round(os.getloadavg()[0], 2)],
-        "config": cfg,
+        "config": cfg.to_dict(),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}",
     }
     _say("6/6 writing report")
     atomic_write_text(out / "metrics.json", json.dumps(_finite_json(metrics), indent=2))
     atomic_write_text(out / "details.json", json.dumps(_finite_json(results), indent=2, default=str))
     atomic_write_text(out / "report.md", render_report(metrics, results, data_root, quick, out))
-    _say(f"done in {metrics['total_seconds']:.0f} s: {out / 'report.md'}")
+    _say(f"done in {metrics['total_seconds']:.0f} s: {out / 'report.md'}"
+         + (f" (reused from an earlier run: {', '.join(reused)})" if reused else ""))
     return metrics
 
 
@@ -385,6 +380,8 @@ def render_report(metrics: dict, results: dict, data_root, quick: bool, out: Pat
         f"Data: {metrics['data']}.  ",
         f"Patches: {metrics['n_disease_patches']} diseased (from boxes), {metrics['n_healthy_patches']} healthy "
         f"(from normal images), {metrics['n_landmark_patches']} around anatomical landmarks.  ",
+        (f"Reused from an earlier run in this folder (not recomputed, so not in the times below): "
+         f"{', '.join(metrics['reused'])}.  " if metrics.get("reused") else ""),
         f"Machine: {metrics['machine']}; total time {metrics['total_seconds']:.0f} s wall "
         f"({', '.join(f'{a} {b:.0f} s' for a, b in metrics['timings_s'].items())}), "
         f"{metrics['cpu_seconds']:.0f} s CPU; 1-min load average at start/end "
@@ -414,9 +411,8 @@ def render_report(metrics: dict, results: dict, data_root, quick: bool, out: Pat
     for slug, r in results.items():
         if "tsne_png" in r.get("anatomy", {}):
             lines.append(f"![t-SNE {r['name']}](figures/{r['anatomy']['tsne_png']})")
-    for name in ("retrieval-student_e_da.png", "retrieval-teacher_disease.png"):
-        if (out / "figures" / name).exists():
-            lines.append(f"![{name}](figures/{name})")
+    for png in sorted((out / "figures").glob("retrieval-*.png")):
+        lines.append(f"![{png.name}](figures/{png.name})")
     lines += ["", "t-SNE settings (openTSNE Barnes-Hut, PCA init, fixed seed, one thread) are saved next to each PNG as JSON.",
               "Numbers are as measured by this run; with this little data they show that the pipeline works "
               "on real input, not the paper's effect sizes.", ""]

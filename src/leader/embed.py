@@ -40,9 +40,10 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from leader import faults
+from leader.errors import SKIPPABLE, skip_report
 from leader.store import EmbeddingStore
 from leader.train import distributed as D
-from leader.train.loop import autocast_context, pick_device
+from leader.device import autocast_context, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,7 @@ def embed_dataset(
         channels_last: feed the batch in ``channels_last`` memory format.
         on_error: ``"raise"`` (default: the first unreadable item stops the run; a rerun
             continues after the committed rows) or ``"skip"``: items whose loading raises
-            :data:`leader.train.views.SKIPPABLE` errors are left out of the store and listed
+            :data:`leader.errors.SKIPPABLE` errors are left out of the store and listed
             with their reason in ``STORE/skipped.json`` (rewritten by every completed run, under
             either policy, which retries them).
 
@@ -301,7 +302,6 @@ class _Skipping(Dataset):
         return _item_id(self.base, i)
 
     def __getitem__(self, i: int) -> dict:
-        from leader.train.views import SKIPPABLE  # noqa: PLC0415
 
         try:
             return self.base[i]
@@ -319,7 +319,6 @@ def _collate_skipping(items: list[dict]) -> dict:
 
 
 def _write_skipped(store_path: Path, items: list[dict], policy: str) -> None:
-    from leader.train.views import skip_report  # noqa: PLC0415
     from leader.utils import atomic_write_json  # noqa: PLC0415
 
     atomic_write_json(store_path / "skipped.json", skip_report(items, policy))

@@ -88,3 +88,25 @@ def as_os_error(exc: BaseException) -> OSError | None:
     if m:
         return OSError(int(m.group(1)), str(exc))
     return None
+
+
+#: errors of one sample that a ``skip`` policy records and steps over (unreadable or vanished
+#: file, size that disagrees with the manifest, invalid box); anything else stops the run.
+SKIPPABLE = (ImageReadError, ManifestError, BoxError, OSError)
+
+
+def skip_report(items: list[dict], policy: str) -> dict:
+    """The ``skipped.json`` of a training run or an embedding store.
+
+    ``items``: ``{"id", "reason", ...}`` (training adds ``stage``/``epoch``; an id skipped in
+    several epochs appears once per epoch); ``reason`` starts with the error class name.
+    Returns ``{"policy", "count" (distinct ids), "occurrences", "counts_by_reason" (by error
+    class), "items" (sorted by stage, epoch, id)}``.
+    """
+    by_reason: dict[str, int] = {}
+    for it in items:
+        kind = it["reason"].split(":", 1)[0]
+        by_reason[kind] = by_reason.get(kind, 0) + 1
+    return {"policy": policy, "count": len({it["id"] for it in items}), "occurrences": len(items),
+            "counts_by_reason": by_reason,
+            "items": sorted(items, key=lambda it: (it.get("stage", 0), it.get("epoch", 0), it["id"]))}

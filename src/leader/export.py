@@ -288,10 +288,13 @@ def model_card(
         "|---|---|---|",
         f"| `e_da` | {model.e_da_dim} | E_DA: the entangled anatomy-disease embedding (backbone features) |",
     ]
+    roles = train_cfg.get("teachers") if isinstance(train_cfg.get("teachers"), Mapping) else {}
     for head, dim in model.head_dims.items():
-        meaning = {"disease": "E'_D: distilled disease embedding (disease-teacher space)",
-                   "anatomy": "E'_A: distilled anatomy embedding (anatomy-teacher space)"}.get(
-            head, f"distilled embedding of teacher {head!r}")
+        kind = (roles.get(head) or {}).get("kind") if isinstance(roles.get(head), Mapping) else None
+        kind = kind or {"disease": "disease", "anatomy": "anatomy"}.get(head, "other")  # checkpoints before roles
+        meaning = {"disease": f"E'_D: distilled disease embedding ({head}-teacher space)",
+                   "anatomy": f"E'_A: distilled anatomy embedding ({head}-teacher space)"}.get(
+            kind, f"distilled embedding of teacher {head!r} ({kind}; its teacher's space)")
         lines.append(f"| `{head}` | {dim} | {meaning} |")
     lines += ["", "## Teachers", ""]
     for head, dim in model.head_dims.items():
@@ -301,7 +304,7 @@ def model_card(
     lines += ["## Configuration", "", "Student:", "", "```json", json.dumps(cfg.get("model"), indent=2), "```", ""]
     if train_cfg:
         keep = {k: train_cfg[k] for k in ("loss", "optim", "stage1", "stage2", "augment", "patches", "student",
-                                          "precision", "seed") if k in train_cfg}
+                                          "teachers", "precision", "seed") if k in train_cfg}
         lines += ["Training (from the checkpoint):", "", "```json", json.dumps(keep or train_cfg, indent=2, default=str),
                   "```", ""]
     lines += ["## Metrics", ""]

@@ -422,6 +422,11 @@ class Manifest:
             )
         return pd.DataFrame(rows, columns=["label", "positive", "negative", "unknown"])
 
+    def labels_by_name(self) -> dict[str, np.ndarray]:
+        """``{label name: float32 [N]}`` of 1 / 0 / NaN, one entry per :attr:`label_names` (in order)."""
+        y = self.labels_array()
+        return {n: y[:, j] for j, n in enumerate(self.label_names)}
+
     def _pos(self, i: int) -> int:
         n = len(self)
         if not isinstance(i, (int, np.integer)):

@@ -63,6 +63,7 @@ from torch.utils.data import Dataset, IterableDataset, get_worker_info
 from . import faults
 from .errors import write_error
 from .utils import atomic_path, atomic_write_json, read_json
+from .views import ViewPolicy
 
 log = logging.getLogger(__name__)
 
@@ -564,7 +565,8 @@ class ShardStream:
         root: shard folder.
         kind: ``"image"`` (stage 1) or ``"pair"`` (stage 2: one item per patch of the kinds
             ``pair_kinds``, with its whole image).
-        transform: the augmentation (applied per sample under the trainer's view policy).
+        transform: the augmentation when the stream is read on its own; under the trainer it
+            must be ``None`` (the trainer's view policy applies the configured augmentation).
         shuffle_buffer: samples held for shuffling (per DataLoader worker).
 
     Epoch layout (all decided by ``(seed, stage, epoch)``): the shard order is permuted; each of
@@ -660,7 +662,6 @@ class _RankStream(IterableDataset):
         self.nw, self.skip_micro, self.views = max(1, int(num_workers)), int(skip_micro), views
 
     def __iter__(self):
-        from leader.train.views import ViewPolicy  # noqa: PLC0415
 
         wi = get_worker_info()
         w = wi.id if wi is not None else 0
@@ -679,7 +680,7 @@ class _RankStream(IterableDataset):
         # the buffer shuffles within each pass, so the first pass is yielded whole before any repeat
         recs = (rec for one in self.src._records(slot, n_slots, self.stage, self.epoch, self.seed)
                 for rec in _shuffled(one, max(1, self.src.shuffle_buffer), rng))
-        policy = self.views or ViewPolicy("random")
+        policy = self.views or ViewPolicy("random", augment=self.src.transform)
         batch: list[dict] = []
         for i, rec in enumerate(recs):
             if i >= q_w:
@@ -688,7 +689,7 @@ class _RankStream(IterableDataset):
                 continue
             item = self.src._decode(rec)
             key = item.pop("_key")
-            policy.apply(item, self.src.transform, self.seed, self.stage, self.epoch, key)
+            policy.apply(item, self.seed, self.stage, self.epoch, key)
             batch.append(item)
             if len(batch) == self.mb:
                 yield _collate(batch)

@@ -60,6 +60,7 @@ from .chexpert import read_chexpert
 from .covid import read_covid_metadata
 from .covidx import COVIDX_CLASSES, read_covidx
 from .generic import list_images, read_folder
+from .harmonise import HARMONISED_LABELS
 from .jsrt import read_jsrt
 from .mimic import read_mimic
 from .nih import read_nih
@@ -339,7 +340,6 @@ def index_root(
 
 def _canonical_label_order(m: Manifest) -> Manifest:
     """Label columns in :data:`leader.datasets.HARMONISED_LABELS` order, others after."""
-    from leader.datasets import HARMONISED_LABELS
 
     names = m.label_names
     order = [n for n in HARMONISED_LABELS if n in names] + [n for n in names if n not in HARMONISED_LABELS]

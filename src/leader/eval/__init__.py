@@ -20,6 +20,6 @@ module                 contents
 ``report``             Markdown / CSV / PNG writers
 =====================  ====================================================================
 
-``leader eval ...`` (:mod:`leader.cli_eval`) runs the same functions from the command line;
+``leader eval ...`` (:mod:`leader.cli.eval`) runs the same functions from the command line;
 see ``docs/evaluation.md``. Submodules are imported on use (they pull in torch/sklearn).
 """

@@ -12,7 +12,7 @@ seed: landmark identity by out-of-fold probe accuracy and by leave-one-out kNN a
 precision@K (disease). Seeds change the student's training and the probe folds. The table
 gives mean ± std over seeds and a two-sample t-test against the best (Table 2 style).
 
-Students are trained on all manifest images (the teachers' data); the evaluation probes are
+Students are trained on the manifest's train split (the teachers' data); the evaluation probes are
 cross-validated by image / patient.
 """
 
@@ -27,12 +27,18 @@ from typing import Mapping, Sequence
 import pandas as pd
 import yaml
 
-from leader.config import apply_overrides, deep_merge, load_config
+from leader.config import Config, load_config, with_overrides
+from leader.eval.ensembles import concat_representation
 from leader.eval.entanglement import ANATOMY_ROW, ANATOMY_ZS, DISEASE_ROW, DISEASE_ZS, entanglement_matrix
 from leader.eval.features import Representation, student_source, teacher_source
+from leader.eval.protocols import slug
 from leader.eval.report import Report, bar_chart
 from leader.eval.stats import results_table, wide_table
 from leader.manifest import Manifest
+from leader.patches import disease_patches as make_disease_patches
+from leader.patches import landmark_patches
+from leader.recipe import distil
+from leader.teachers.spec import load_teacher
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +74,7 @@ def resolve_set(name: str, sets: Mapping) -> dict:
         if "name" not in v:
             raise ValueError(f"ablation set {name!r}: a variant without a name: {v}")
         variants.append({"name": str(v["name"]), "overrides": dict(v.get("overrides") or {}),
-                         "teachers": list(v.get("teachers") or ["disease", "anatomy"])})
+                         "teachers": list(v["teachers"]) if v.get("teachers") else None})
     seen: set[str] = set()
     uniq = []
     for v in variants:
@@ -80,67 +86,38 @@ def resolve_set(name: str, sets: Mapping) -> dict:
     return {"description": s.get("description", ""), "baselines": bool(s.get("baselines", False)), "variants": uniq}
 
 
-def train_student(manifest: Manifest, teachers: Mapping, cfg: Mapping, out_dir: str | Path) -> Path:
-    """Distil ``teachers`` into a new student with ``cfg`` (as ``leader demo`` / ``leader train``):
-    stage 1 on whole images when a ``disease`` teacher is present, stage 2 on image/patch pairs.
-    Resumes / skips when ``out_dir/final`` exists. Returns the final checkpoint folder."""
-    import torch  # noqa: PLC0415
-
-    from leader.models.student import LeaderModel  # noqa: PLC0415
-    from leader.patches import ImageDataset, PairDataset, disease_patches, healthy_patches  # noqa: PLC0415
-    from leader.train.loop import Trainer  # noqa: PLC0415
-    from leader.transforms import build_augment  # noqa: PLC0415
-
-    out = Path(out_dir)
-    final = out / "final"
-    if (final / "model.safetensors").is_file():
-        return final
-    torch.manual_seed(int(cfg.get("seed", 0)))
-    sc = cfg["student"]
-    S = int(sc["img_size"])
-    model = LeaderModel.for_teachers(dict(teachers), backbone=sc["backbone"], img_size=S,
-                                     hidden_dim=sc.get("hidden_dim"), backbone_kwargs=sc.get("backbone_kwargs") or {},
-                                     pretrained_file=sc.get("pretrained_file"))
-    aug = build_augment(cfg["augment"])
-    pc = cfg["patches"]
-    dis, _ = disease_patches(manifest, margin=pc["margin"], min_size=pc["min_size"], on_bad_box=pc["on_bad_box"])
-    hea = healthy_patches(manifest, n_per_image=pc["healthy_per_image"], size_frac=tuple(pc["healthy_size_frac"]),
-                          seed=int(cfg.get("seed", 0)))
-    pairs = pd.concat([dis, hea], ignore_index=True)
-    stage2 = PairDataset(manifest, pairs, S, transform=aug) if len(pairs) else None
-    head1 = "disease" if "disease" in teachers else next(iter(teachers))
-    stage1 = ImageDataset(manifest, S, transform=aug) if "disease" in teachers else None
-    dev = torch.device("cpu") if cfg.get("device") == "cpu" else None
-    trainer = Trainer(model, dict(teachers), cfg, out, device=dev, stage1_head=head1)
-    return trainer.fit(stage1, stage2, resume=True)
+def train_student(manifest: Manifest, teachers: Mapping, cfg: Config | Mapping, out_dir: str | Path) -> Path:
+    """Distil ``teachers`` into a new student with ``cfg`` through :func:`leader.recipe.distil`
+    (each teacher's stages from ``cfg.teachers``); a finished run in ``out_dir`` is reused.
+    Returns the final checkpoint folder."""
+    return distil(cfg, dict(teachers), out_dir, manifest=manifest, reuse=True)
 
 
 def run_ablation(set_name: str, manifest, teachers: Mapping[str, object], out: str | Path, *,
-                 config: str | None = "demo-quick", overrides: Sequence[str] = (), seeds: Sequence[int] = (0,),
+                 cfg: Config | None = None, config: str | None = "demo-quick", overrides: Sequence[str] = (),
+                 seeds: Sequence[int] = (0,),
                  landmarks: pd.DataFrame | None = None, disease_patches: pd.DataFrame | None = None,
                  retrieval_k: int = 10, n_splits: int = 5, k: int = 5, sets_file: str | Path | None = None,
                  data: str = "", command: str = "") -> pd.DataFrame:
     """Train and evaluate every variant of ``set_name``; write ``ablation.md/.csv`` and a bar chart.
 
     Args:
-        teachers: ``{"disease": T, "anatomy": T}`` (Teacher objects or specs for
-            :func:`leader.teachers.spec.load_teacher`).
-        config, overrides: base training config (preset or YAML) and ``key=value`` overrides
-            applied after each variant's own overrides.
+        teachers: ``{name: Teacher or spec for :func:`leader.teachers.spec.load_teacher`}``; each
+            name needs a role in the config's ``teachers:`` (the paper's: disease, anatomy).
+        cfg: the validated base config (what ``leader eval ablation`` passes); else
+        config, overrides: base training config (preset or YAML) and ``key=value`` overrides.
+            Each variant's own overrides are applied, then ``overrides`` again on top (so
+            ``--set`` can shrink every variant).
         landmarks, disease_patches: patch tables for the evaluation (default: the manifest's
             ``jsrt166`` landmarks and its boxes).
 
     Returns:
         Long records ``method, task, seed, value``.
     """
-    from leader.patches import disease_patches as make_disease_patches  # noqa: PLC0415
-    from leader.patches import landmark_patches  # noqa: PLC0415
-    from leader.teachers.spec import load_teacher  # noqa: PLC0415
-
     m = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
     spec = resolve_set(set_name, load_ablation_sets(sets_file))
     tobj = {n: (load_teacher(n, t) if isinstance(t, (str, Path)) else t) for n, t in teachers.items()}
-    base = load_config(config)
+    base = cfg if cfg is not None else load_config(config, overrides)
     lm = landmarks if landmarks is not None else landmark_patches(m)
     if disease_patches is None:
         disease_patches, _ = make_disease_patches(m, on_bad_box="skip")
@@ -150,14 +127,14 @@ def run_ablation(set_name: str, manifest, teachers: Mapping[str, object], out: s
     for seed in seeds:
         reps: list[Representation] = []
         for v in spec["variants"]:
+            v = {**v, "teachers": v["teachers"] or list(tobj)}  # default: every teacher given
             missing = [t for t in v["teachers"] if t not in tobj]
             if missing:
                 raise KeyError(f"variant {v['name']!r} needs teacher(s) {missing}; given {sorted(tobj)}")
-            cfg = apply_overrides(deep_merge(base, v["overrides"]), overrides)
-            cfg["seed"] = int(seed)
-            run_dir = out / "runs" / _slug(v["name"]) / f"seed-{seed}"
+            vcfg = with_overrides(with_overrides(base, v["overrides"]), list(overrides) + [f"seed={int(seed)}"])
+            run_dir = out / "runs" / slug(v["name"]) / f"seed-{seed}"
             t0 = time.time()
-            final = train_student(m, {t: tobj[t] for t in v["teachers"]}, cfg, run_dir)
+            final = train_student(m, {t: tobj[t] for t in v["teachers"]}, vcfg, run_dir)
             timings[f"{v['name']}|{seed}"] = round(time.time() - t0, 1)
             src = student_source(final, name=v["name"])
             reps.append(Representation(src, "e_da", label=v["name"]))
@@ -165,8 +142,6 @@ def run_ablation(set_name: str, manifest, teachers: Mapping[str, object], out: s
             for n, t in tobj.items():
                 reps.append(Representation(teacher_source(t, name=f"{n} teacher"), "embedding"))
             if len(tobj) >= 2:
-                from leader.eval.ensembles import concat_representation  # noqa: PLC0415
-
                 reps.append(concat_representation(reps[-len(tobj):], "teachers concat"))
         pm, zm, _ = entanglement_matrix(reps, m, lm, disease_patches=disease_patches, seed=seed, n_splits=n_splits,
                                         k=k, retrieval_k=retrieval_k)
@@ -196,9 +171,3 @@ def run_ablation(set_name: str, manifest, teachers: Mapping[str, object], out: s
                "seeds": list(seeds), "retrieval_k": retrieval_k, "n_splits": n_splits},
               {"train_seconds": timings})
     return rec
-
-
-def _slug(name: str) -> str:
-    from leader.eval.protocols import slug  # noqa: PLC0415
-
-    return slug(name)

@@ -44,7 +44,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from leader.embed import EmbedFn, embed_dataset, student_embed_fn, teacher_embed_fn
 from leader.patches import ImageDataset, PatchDataset
 from leader.store import EmbeddingStore
-from leader.train.loop import autocast_context, pick_device
+from leader.device import autocast_context, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,7 @@ class Representation:
 # ---------------------------------------------------------------------------------------------
 def student_source(path_or_model, name: str = "student", **kw) -> ModelSource:
     """A LeADER student (checkpoint folder or :class:`~leader.models.LeaderModel`)."""
-    from leader.models.checkpoint import load_model  # noqa: PLC0415
+    from leader.models.student import load_model  # noqa: PLC0415
 
     model = load_model(path_or_model) if isinstance(path_or_model, (str, Path)) else path_or_model
     model.eval()
@@ -391,10 +391,10 @@ def load_representations(specs: Sequence[str], **kw) -> list[Representation]:
 
 def demo_representations(demo_dir: str | Path, *, student_keys: Sequence[str] | None = None,
                          **kw) -> list[Representation]:
-    """The demo's student (E_DA, E'_D, E'_A) and its two teachers, from ``leader demo --out DIR``."""
+    """The demo's student (E_DA and one key per head) and every teacher it fitted, from ``leader demo --out DIR``."""
     d = Path(demo_dir)
     reps = open_source(str(d / "student" / "final"), name="student", **kw).representations(student_keys)
-    for t in ("disease", "anatomy"):
-        if (d / "teachers" / t / "teacher.json").is_file():
-            reps += open_source(str(d / "teachers" / t), name=f"{t} teacher", **kw).representations()
+    tdir = d / "teachers"
+    for t in sorted(p.name for p in tdir.iterdir() if (p / "teacher.json").is_file()) if tdir.is_dir() else []:
+        reps += open_source(str(tdir / t), name=f"{t} teacher", **kw).representations()
     return reps

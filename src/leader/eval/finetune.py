@@ -39,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from leader.eval.metrics import dice, iou, multiclass_auc, per_class_auc
 from leader.patches import crop
 from leader.teachers.base import InputSpec
-from leader.train.loop import pick_device
+from leader.device import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def load_backbone(spec, name: str | None = None) -> Backbone:
         return Backbone(t.module, t.input_spec, name or f"timm {parts[1]}")
     p = Path(s)
     if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
-        from leader.models.checkpoint import load_model  # noqa: PLC0415
+        from leader.models.student import load_model  # noqa: PLC0415
 
         return load_backbone(load_model(p), name or "student")
     if (p / "teacher.json").is_file():

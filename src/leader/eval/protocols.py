@@ -113,11 +113,6 @@ def run_anatomy(reps: Sequence[Representation], manifest, landmarks: pd.DataFram
 # ---------------------------------------------------------------------------------------------
 # 2. zero-shot disease retrieval
 # ---------------------------------------------------------------------------------------------
-def _label_columns(m: Manifest) -> dict[str, np.ndarray]:
-    y = m.labels_array()
-    return {n: y[:, j] for j, n in enumerate(m.label_names)}
-
-
 def retrieval_figure(m: Manifest, queries: pd.DataFrame, per_query: list, gallery: np.ndarray, q_emb: np.ndarray,
                      path: str | Path, title: str, n_show: int = 3, k_show: int = 6, size: int = 160,
                      k: int | None = None) -> Path | None:
@@ -135,7 +130,7 @@ def retrieval_figure(m: Manifest, queries: pd.DataFrame, per_query: list, galler
     done += [q for q in evaluated if q not in done][: n_show - len(done)]
     if not done:
         return None
-    cols = _label_columns(m)
+    cols = m.labels_by_name()
     ids = list(m.df["id"])
     pos = {x: i for i, x in enumerate(ids)}
     imgs = ImageDataset(m.df, size, transform=None)
@@ -182,7 +177,7 @@ def run_retrieval(reps: Sequence[Representation], manifest, queries: pd.DataFram
              f"{sorted(set(labels) - known_labels) or 'none'}.",
              f"Command: `{command}`" if command else "")
     rows, raw = [], {}
-    cols = _label_columns(m)
+    cols = m.labels_by_name()
     for r in reps:
         g = r.images(m)
         q = r.patches(m, queries)

@@ -8,14 +8,13 @@
 """
 
 from .checkpoint import (
-    load_model,
     load_state_dict_checked,
     load_training_state,
     read_model_config,
     save_model,
     save_training_state,
 )
-from .student import DEFAULT_HEAD_DIMS, LeaderModel, MLPHead, check_teacher_dims
+from .student import DEFAULT_HEAD_DIMS, LeaderModel, MLPHead, check_teacher_dims, load_model
 
 __all__ = [
     "DEFAULT_HEAD_DIMS",

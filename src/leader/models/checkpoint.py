@@ -1,5 +1,8 @@
 """Checkpoint I/O for the student and the resumable training state.
 
+:func:`load_model` (which rebuilds a :class:`~leader.models.student.LeaderModel`) lives beside
+the model in :mod:`leader.models.student`; this module knows nothing about the model class.
+
 Model checkpoint (a directory; what ``leader embed`` / the evaluations read)::
 
     ckpt/
@@ -22,7 +25,7 @@ import os
 import pickle
 import random
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -32,15 +35,11 @@ from ..utils import atomic_path, atomic_write_json, read_json
 
 __all__ = [
     "save_model",
-    "load_model",
     "read_model_config",
     "save_training_state",
     "load_training_state",
     "load_state_dict_checked",
 ]
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .student import LeaderModel
 
 _MODEL_FORMAT = "leader-model"
 _STATE_FORMAT = "leader-training-state"
@@ -164,31 +163,6 @@ def read_model_config(directory: str | os.PathLike) -> dict:
     if not isinstance(cfg, dict) or "model" not in cfg:
         raise ValueError(f"{cfg_file}: not a LeADER model config (no 'model' entry)")
     return cfg
-
-
-def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "LeaderModel":
-    """Rebuild a :class:`~leader.models.LeaderModel` from ``config.json`` and load ``model.safetensors``.
-
-    Loading is strict; only safetensors is read (no pickle). The returned model is in eval
-    mode on ``map_location``.
-
-    Raises:
-        FileNotFoundError: missing ``config.json`` or ``model.safetensors``.
-        ValueError: missing / unexpected / mis-shaped keys (all named).
-    """
-    from safetensors.torch import load_file
-
-    from .student import LeaderModel
-
-    directory = Path(directory)
-    cfg = read_model_config(directory)
-    weights = directory / "model.safetensors"
-    if not weights.is_file():
-        raise FileNotFoundError(f"model checkpoint {directory}: missing model.safetensors")
-    model = LeaderModel.from_config(cfg["model"])
-    sd = load_file(str(weights), device="cpu")
-    load_state_dict_checked(model, sd, strict=True, source=str(weights))
-    return model.to(map_location).eval()
 
 
 # ------------------------------------------------------------------------- training state

@@ -13,7 +13,10 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
+
+from .checkpoint import load_state_dict_checked, read_model_config, save_model
 
 __all__ = ["MLPHead", "LeaderModel", "DEFAULT_HEAD_DIMS", "check_teacher_dims"]
 
@@ -331,13 +334,31 @@ class LeaderModel(nn.Module):
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self, out_dir: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """Same as :func:`leader.models.checkpoint.save_model`."""
-        from .checkpoint import save_model
-
         return save_model(self, out_dir, extra=extra)
 
     @classmethod
     def load_checkpoint(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> "LeaderModel":
-        """Same as :func:`leader.models.checkpoint.load_model`."""
-        from .checkpoint import load_model
-
+        """Same as :func:`load_model`."""
         return load_model(directory, map_location=map_location)
+
+
+def load_model(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> LeaderModel:
+    """Rebuild a :class:`~leader.models.LeaderModel` from ``config.json`` and load ``model.safetensors``.
+
+    Loading is strict; only safetensors is read (no pickle). The returned model is in eval
+    mode on ``map_location``.
+
+    Raises:
+        FileNotFoundError: missing ``config.json`` or ``model.safetensors``.
+        ValueError: missing / unexpected / mis-shaped keys (all named).
+    """
+    directory = Path(directory)
+    cfg = read_model_config(directory)
+    weights = directory / "model.safetensors"
+    if not weights.is_file():
+        raise FileNotFoundError(f"model checkpoint {directory}: missing model.safetensors")
+    model = LeaderModel.from_config(cfg["model"])
+    sd = load_file(str(weights), device="cpu")
+    load_state_dict_checked(model, sd, strict=True, source=str(weights))
+    return model.to(map_location).eval()
+

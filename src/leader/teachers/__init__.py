@@ -15,11 +15,12 @@
 
 from ..errors import TeacherInputError
 from .base import IMAGENET_MEAN, IMAGENET_SPEC, IMAGENET_STD, XRV_SPEC, InputSpec, Teacher
-from .module import ModuleTeacher, read_state_dict, save_teacher
+from .module import ModuleTeacher, save_teacher
 from .store_teacher import EmbeddingStoreTeacher
 from .adam import load_adam, read_adam_state_dict
 from .cxr_foundation import import_cxr_foundation, read_cxr_foundation
-from .exported import OnnxTeacher, UnsafeCheckpointError, load_checkpoint_object, load_torchscript_teacher
+from .exported import OnnxTeacher, load_torchscript_teacher
+from .weights import UnsafeCheckpointError, load_checkpoint_object, read_state_dict
 from .hf import load_hf
 from .xrv import load_xrv
 

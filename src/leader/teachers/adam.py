@@ -34,7 +34,7 @@ from torch import nn
 
 from ..models.checkpoint import load_state_dict_checked
 from .base import IMAGENET_SPEC, InputSpec
-from .exported import find_tensor_dict, load_checkpoint_object
+from .weights import find_tensor_dict, load_checkpoint_object
 from .module import ModuleTeacher
 
 __all__ = ["ADAM_VERSIONS", "AdamWeights", "read_adam_state_dict", "load_adam", "build_timm_with_weights"]

@@ -9,7 +9,7 @@ a stage costs the student's forward/backward only.
 
 **The trade-off: augmentation consistency.** LeADER asks the student to match the teacher on
 the *same* view. An online teacher sees a fresh random view every epoch; a cache only knows the
-views it stored. The trainer (:class:`leader.train.views.ViewPolicy`) therefore restricts the
+views it stored. The trainer (:class:`leader.views.ViewPolicy`) therefore restricts the
 student's views to the cached ones - with ``N = 0`` training runs without augmentation; with
 ``N > 0`` each epoch picks one of the ``N`` fixed views per sample and regenerates exactly that
 view (same seed, same transform) for the student. More views = more augmentation diversity and
@@ -33,7 +33,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..embed import embed_dataset, teacher_embed_fn
 from ..store import EmbeddingStore
+from ..views import fixed_view_seed, make_view, view_id
 from .base import Teacher
 from .store_teacher import EmbeddingStoreTeacher
 
@@ -190,7 +192,6 @@ class _Views(Dataset):
         return len(self.todo)
 
     def __getitem__(self, j: int) -> dict:
-        from ..train.views import fixed_view_seed, make_view, view_id  # noqa: PLC0415
 
         i, k = self.todo[j]
         item = self.base[i]
@@ -236,7 +237,6 @@ def cache_teacher(
     Returns:
         The store (all ids present).
     """
-    from ..embed import embed_dataset, teacher_embed_fn  # noqa: PLC0415
 
     if views and augment is None:
         raise ValueError("views > 0 needs the augmentation (augment=PairedAugment(...))")
@@ -249,7 +249,6 @@ def cache_teacher(
         n = len(ds)
         todo = [(i, -1) for i in range(n)] + [(i, k) for i in range(n) for k in range(int(views))]
         ids = _ids_of(ds)
-        from ..train.views import view_id  # noqa: PLC0415
 
         item_ids = [ids[i] if k < 0 else view_id(ids[i], k) for i, k in todo]
         store = embed_dataset(teacher_embed_fn(teacher), _Indexed(_Views(ds, todo, augment, view_seed), item_ids),

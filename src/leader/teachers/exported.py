@@ -1,20 +1,6 @@
-"""Weights and networks made elsewhere: the safe checkpoint reader, TorchScript and ONNX teachers.
+"""Networks made elsewhere: TorchScript and ONNX teachers.
 
-Safety policy (issue 6)
------------------------
-No pickle from a file the user did not create is ever executed:
-
-* ``.safetensors`` files are read with ``safetensors`` (no code at all);
-* any other file is read with ``torch.load(weights_only=True)``, whose unpickler only
-  rebuilds tensors and plain containers and rejects every other Python object *before*
-  calling it;
-* a file that needs full unpickling (a whole pickled ``nn.Module`` such as the published
-  torchxrayvision ``.pt`` files, a checkpoint with an ``argparse.Namespace`` inside, ...) is
-  refused with :class:`UnsafeCheckpointError`, whose message explains how to convert the file
-  to safetensors once, in a separate session, if and only if its source is trusted.
-
-:func:`load_checkpoint_object` implements this and is what every teacher loader in this
-package uses (Adam, torchxrayvision, exported students).
+The safe checkpoint reader lives in :mod:`leader.teachers.weights` (re-exported here).
 
 TorchScript and ONNX teachers
 -----------------------------
@@ -32,18 +18,16 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
-import re
 import warnings
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
-from ..errors import LeaderError
 from .base import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Teacher
 from .module import ModuleTeacher, _pool_output
+from .weights import UnsafeCheckpointError, find_tensor_dict, load_checkpoint_object
 
 __all__ = [
     "UnsafeCheckpointError",
@@ -61,121 +45,6 @@ __all__ = [
 #: TorchScript extra files, safetensors metadata).
 INPUT_SPEC_METADATA_KEY = "leader_input_spec"
 _TS_EXTRA_FILE = "leader_input_spec.json"
-
-
-class UnsafeCheckpointError(LeaderError, ValueError):
-    """A weights file needs full unpickling (arbitrary code) and was refused; nothing in it ran."""
-
-
-def _torch_reason(exc: BaseException) -> str:
-    """The informative part of torch's weights_only error (the rejected global), without ANSI codes."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
-    m = re.search(r"WeightsUnpickler error:\s*(.+)", text)
-    reason = m.group(1) if m else text.splitlines()[0] if text else type(exc).__name__
-    return reason.strip()[:300]
-
-
-def _convert_help(path: Path) -> str:
-    out = path.with_suffix(".safetensors").name
-    return (
-        "To use it, convert it once to safetensors in a separate Python session, and only if you "
-        "trust where the file came from (this step runs the pickle):\n"
-        "    import torch, safetensors.torch\n"
-        f"    obj = torch.load({str(path)!r}, map_location='cpu', weights_only=False)  # trusted files only\n"
-        "    sd = obj.state_dict() if hasattr(obj, 'state_dict') else obj  # a module, or a dict of tensors\n"
-        "    # for a training checkpoint pick the network first, e.g. sd = obj['teacher'] or obj['state_dict']\n"
-        f"    safetensors.torch.save_file({{k: v.contiguous() for k, v in sd.items()}}, {out!r})\n"
-        f"then pass {out!r} instead."
-    )
-
-
-def load_checkpoint_object(path: str | os.PathLike) -> Any:
-    """Read a weights / checkpoint file without executing any pickled code.
-
-    Args:
-        path: ``.safetensors`` (read with ``safetensors.torch.load_file``) or anything
-            ``torch.save`` wrote (``.pt``, ``.pth``, ``.bin``, ``.ckpt``, ...), read with
-            ``torch.load(map_location="cpu", weights_only=True)``. A file with the
-            safetensors header but another suffix is recognised too.
-
-    Returns:
-        A ``{name: tensor}`` dict (safetensors), or whatever tensors / dicts / lists /
-        numbers the torch file holds.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        UnsafeCheckpointError: the file needs full unpickling (a pickled module or any other
-            Python object); the message names the rejected object and explains how to convert
-            the file to safetensors. Nothing in the file was executed.
-        ValueError: the file is neither a safetensors nor a torch file.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors" or _looks_like_safetensors(path):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(path), device="cpu")
-        except Exception as exc:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file: {exc}") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise UnsafeCheckpointError(
-            f"{path}: refused: this file needs full unpickling (torch.load(weights_only=False)), which can "
-            f"run arbitrary code; LeADER only reads safetensors and tensor-only torch files. Rejected: "
-            f"{_torch_reason(exc)}.\n{_convert_help(path)}"
-        ) from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise ValueError(f"{path}: not a readable torch or safetensors weights file: {exc}") from exc
-
-
-def _looks_like_safetensors(path: Path) -> bool:
-    try:
-        with open(path, "rb") as fh:
-            head = fh.read(9)
-    except OSError:
-        return False
-    if len(head) < 9:
-        return False
-    n = int.from_bytes(head[:8], "little")
-    return 0 < n < 100_000_000 and head[8:9] == b"{"
-
-
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def find_tensor_dict(
-    obj: Any, prefer: Sequence[str] = ("state_dict", "model"), where: str = "checkpoint"
-) -> tuple[dict[str, torch.Tensor], str]:
-    """Descend into a checkpoint dict to the ``{name: tensor}`` state dict.
-
-    At each level the first key of ``prefer`` holding a dict is taken. Non-tensor entries of
-    a state dict (e.g. a ``None`` buffer) are an error.
-
-    Returns:
-        ``(state_dict, path)`` where ``path`` names the keys followed (``"teacher"``,
-        ``"state_dict.model"``, or ``"(top level)"``).
-
-    Raises:
-        ValueError: no tensor dict was found (the message lists the keys at the level that failed).
-    """
-    trail: list[str] = []
-    while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
-        key = next((k for k in prefer if isinstance(obj.get(k), Mapping)), None)
-        if key is None:
-            keys = sorted(map(str, obj))[:20]
-            raise ValueError(
-                f"{where}: no state dict found at {'.'.join(trail) or 'the top level'}; keys there: {keys} "
-                f"(looked for {list(prefer)})"
-            )
-        trail.append(key)
-        obj = obj[key]
-    if not _is_tensor_dict(obj):
-        raise ValueError(f"{where}: holds {type(obj).__name__}, not a {{name: tensor}} state dict")
-    return dict(obj), ".".join(trail) or "(top level)"
 
 
 # ----------------------------------------------------------------------------- input specs

@@ -35,10 +35,10 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from leader.manifest import Manifest
-from leader.patches import ImageDataset, PatchDataset, disease_patches, healthy_patches
+from leader.patches import ImageDataset, PatchDataset
 from leader.teachers.base import InputSpec
 from leader.teachers.module import save_teacher
-from leader.train.loop import autocast_context, pick_device
+from leader.device import autocast_context, pick_device
 from leader.transforms import build_augment
 from leader.utils import atomic_write_text
 
@@ -135,7 +135,7 @@ def fit_disease_expert(
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     labels: Sequence[str] | None = None,
-    patches_cfg: Mapping | None = None,
+    patches: pd.DataFrame | None = None,
     augment_cfg: Mapping | None = None,
     timm_kwargs: Mapping | None = None,
     seed: int = 0,
@@ -152,8 +152,9 @@ def fit_disease_expert(
         arch: any timm architecture name (``pretrained=False``).
         img_size: the teacher's input size (its :class:`InputSpec` ``size``), pixels.
         labels: label names to learn; default: every label with a positive and a negative.
-        patches_cfg: ``margin``, ``min_size``, ``healthy_per_image``, ``healthy_size_frac``,
-            ``on_bad_box`` (see :mod:`leader.patches`).
+        patches: diseased + healthy patches of the training split (a patch table, e.g.
+            :attr:`leader.recipe.PatchTables.pairs`); a disease patch's box label is positive,
+            a healthy patch is negative for every label. ``None``: whole images only.
 
     Returns:
         ``out_dir`` containing ``teacher.json``, ``model.safetensors``, ``classifier.safetensors``,
@@ -171,14 +172,9 @@ def fit_disease_expert(
     if not names:
         raise ValueError("disease expert: no label has both a positive and a negative example in the train split")
     y_img = train.labels_array()[:, [train.label_names.index(n) for n in names]]
-    pc = dict(patches_cfg or {})
     aug = build_augment(augment_cfg)
     parts: list[Dataset] = [_WithTargets(ImageDataset(train, img_size, transform=aug), y_img)]
-    dis, _ = disease_patches(train, margin=pc.get("margin", 0.25), min_size=pc.get("min_size", 32),
-                             on_bad_box=pc.get("on_bad_box", "skip"))
-    hea = healthy_patches(train, n_per_image=pc.get("healthy_per_image", 2),
-                          size_frac=tuple(pc.get("healthy_size_frac", (0.15, 0.35))), seed=seed)
-    patches = pd.concat([dis, hea], ignore_index=True)
+    patches = patches if patches is not None else pd.DataFrame(columns=["kind", "label"])
     if len(patches):
         parts.append(_WithTargets(PatchDataset(train, patches, img_size, transform=aug),
                                   _patch_targets(patches, names)))
@@ -204,7 +200,8 @@ def fit_disease_expert(
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
               str(out / "classifier.safetensors"))
     report = {"kind": "disease", "arch": arch, "img_size": img_size, "labels": names,
-              "n_images": len(train), "n_disease_patches": int(len(dis)), "n_healthy_patches": int(len(hea)),
+              "n_images": len(train), "n_disease_patches": int((patches["kind"] == "disease").sum()),
+              "n_healthy_patches": int((patches["kind"] == "healthy").sum()),
               "epoch_loss": losses, "train_auc": auc, "seconds": round(seconds, 1),
               "note": "AUC on the training samples (a fit check, not a held-out estimate)"}
     atomic_write_text(out / "fit_report.json", json.dumps(report, indent=2))

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from .base import IMAGENET_MEAN, IMAGENET_STD, InputSpec
-from .exported import load_checkpoint_object
+from .weights import load_checkpoint_object
 from .module import ModuleTeacher
 
 __all__ = ["HFEncoder", "hf_input_spec", "load_hf"]

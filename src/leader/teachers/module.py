@@ -26,83 +26,11 @@ from torch import nn
 from ..models.checkpoint import load_state_dict_checked
 from ..utils import atomic_path, atomic_write_json, read_json
 from .base import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Teacher
+from .weights import read_state_dict
 
-__all__ = ["ModuleTeacher", "save_teacher", "read_state_dict"]
+__all__ = ["ModuleTeacher", "save_teacher", "read_state_dict"]  # read_state_dict: re-exported from .weights
 
 _TEACHER_FORMAT = "leader-teacher"
-_UNWRAP_KEYS = ("state_dict", "model")
-
-
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def read_state_dict(
-    path: str | os.PathLike,
-    state_dict_key: str | None = None,
-    strip_prefix: str | Sequence[str] | None = None,
-) -> dict[str, torch.Tensor]:
-    """Read a state dict from a local ``.safetensors`` or ``.pt``/``.pth``/``.bin``/``.ckpt`` file.
-
-    ``.safetensors`` is read with ``safetensors.torch.load_file``; everything else with
-    ``torch.load(weights_only=True)`` (no arbitrary code runs). A training checkpoint that
-    wraps the weights (``{"state_dict": ...}``, ``{"model": ...}``) is unwrapped
-    automatically; other wrappers (e.g. Adam's ``teacher`` / ``student``) need
-    ``state_dict_key`` (dots descend: ``"model.teacher"``).
-
-    Args:
-        path: the weights file.
-        state_dict_key: key of the tensor dict inside a checkpoint dict.
-        strip_prefix: prefix(es) removed from keys that start with them (e.g.
-            ``"module."``, ``"backbone."``). By default ``"module."`` is stripped when *every*
-            key has it (DDP checkpoints).
-
-    Returns:
-        ``{name: tensor}`` on the CPU.
-
-    Raises:
-        FileNotFoundError: ``path`` does not exist.
-        UnsafeCheckpointError: (a ``ValueError``) the file needs full unpickling; the message
-            explains how to convert it. Nothing in it is executed.
-        ValueError: the file holds no tensor dict (the message lists the top-level keys).
-    """
-    from .exported import load_checkpoint_object  # noqa: PLC0415  (one safe reader for every loader)
-
-    path = Path(path)
-    obj: Any = load_checkpoint_object(path)
-    if state_dict_key:
-        for part in state_dict_key.split("."):
-            if not isinstance(obj, Mapping) or part not in obj:
-                keys = sorted(obj) if isinstance(obj, Mapping) else type(obj).__name__
-                raise ValueError(f"{path}: no key {part!r} (from {state_dict_key!r}); available: {keys}")
-            obj = obj[part]
-    else:
-        while isinstance(obj, Mapping) and not _is_tensor_dict(obj):
-            inner = next((obj[k] for k in _UNWRAP_KEYS if isinstance(obj.get(k), Mapping)), None)
-            if inner is None:
-                break
-            obj = inner
-    if not _is_tensor_dict(obj):
-        keys = sorted(map(str, obj)) if isinstance(obj, Mapping) else type(obj).__name__
-        raise ValueError(
-            f"{path}: does not hold a {{name: tensor}} state dict (top-level keys: {keys}); "
-            "pass state_dict_key to select one"
-        )
-    sd = dict(obj)
-    if strip_prefix is None:
-        if all(k.startswith("module.") for k in sd):
-            sd = {k[len("module."):]: v for k, v in sd.items()}
-    else:
-        prefixes = (strip_prefix,) if isinstance(strip_prefix, str) else tuple(strip_prefix)
-        out = {}
-        for k, v in sd.items():
-            for p in prefixes:
-                if k.startswith(p):
-                    k = k[len(p):]
-                    break
-            out[k] = v
-        sd = out
-    return sd
 
 
 def _module_device_dtype(module: nn.Module) -> tuple[torch.device, torch.dtype | None]:

@@ -21,9 +21,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from leader.teachers.adam import load_adam
 from leader.teachers.base import Teacher
+from leader.teachers.exported import OnnxTeacher, load_torchscript_teacher
+from leader.teachers.hf import load_hf
 from leader.teachers.module import ModuleTeacher
 from leader.teachers.store_teacher import EmbeddingStoreTeacher
+from leader.teachers.xrv import load_xrv
 
 
 def load_teacher(name: str, spec: str) -> Teacher:
@@ -63,8 +67,6 @@ def load_teacher(name: str, spec: str) -> Teacher:
 
 def _adam(version: str):
     def make(name: str, path: str) -> Teacher:
-        from leader.teachers.adam import load_adam  # noqa: PLC0415
-
         return load_adam(path, name=name, version=version)
 
     return make
@@ -72,28 +74,20 @@ def _adam(version: str):
 
 def _xrv(arch: str):
     def make(name: str, path: str) -> Teacher:
-        from leader.teachers.xrv import load_xrv  # noqa: PLC0415
-
         return load_xrv(name, path, arch=arch)
 
     return make
 
 
 def _hf(name: str, path: str) -> Teacher:
-    from leader.teachers.hf import load_hf  # noqa: PLC0415
-
     return load_hf(name, path)
 
 
 def _torchscript(name: str, path: str) -> Teacher:
-    from leader.teachers.exported import load_torchscript_teacher  # noqa: PLC0415
-
     return load_torchscript_teacher(name, path)
 
 
 def _onnx(name: str, path: str) -> Teacher:
-    from leader.teachers.exported import OnnxTeacher  # noqa: PLC0415
-
     return OnnxTeacher(name, path)
 
 

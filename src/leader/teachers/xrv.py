@@ -38,7 +38,7 @@ from torch import nn
 
 from ..models.checkpoint import load_state_dict_checked
 from .base import XRV_SPEC, InputSpec
-from .exported import find_tensor_dict, load_checkpoint_object
+from .weights import find_tensor_dict, load_checkpoint_object
 from .module import ModuleTeacher
 
 __all__ = ["XRV_ARCHS", "XrvDenseNetFeatures", "XrvResNetFeatures", "build_xrv_features", "load_xrv"]

@@ -50,19 +50,24 @@ from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm.auto import tqdm
 
 from leader import faults
+from leader.config import Config, as_config
+from leader.device import autocast_context
 from leader.errors import ImageReadError, WriteError
 from leader.utils import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from leader.train import distributed as D
 from leader.train.checkpoints import CheckpointDir
-from leader.train.views import ViewDataset, ViewPolicy, skip_report
+from leader.errors import skip_report
+from leader.progress import Progress
+from leader.views import ViewDataset, ViewPolicy, check_unaugmented
 
 from leader.losses import make_loss
-from leader.models.checkpoint import load_model, save_model
-from leader.models.student import LeaderModel
+from leader.models.checkpoint import save_model
+from leader.models.student import LeaderModel, load_model
 from leader.teachers.base import Teacher
+from leader.teachers.cache import teacher_view_info
+from leader.transforms import PairedAugment, build_augment
 
 log = logging.getLogger(__name__)
 
@@ -94,24 +99,6 @@ class ResumableRandomSampler(Sampler[int]):
 
 def _step_seed(seed: int, stage: int, step: int) -> int:
     return (int(seed) * 1_000_003 + int(stage) * 7_919 + int(step)) % (2**63 - 1)
-
-
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast_context(device: torch.device, precision: str):
-    """bf16 autocast where requested and supported; a null context otherwise."""
-    if precision == "bf16":
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return nullcontext()
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    if precision not in ("fp32", "32"):
-        raise ValueError(f"precision must be 'bf16' or 'fp32', got {precision!r}")
-    return nullcontext()
 
 
 def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -220,36 +207,32 @@ class _Stopped(Exception):
     """``max_steps`` reached: a checkpoint was written and training stops early."""
 
 
-def _opt(cfg: Mapping, key: str, default=None):
-    v = cfg.get(key, default)
-    return default if v is None else v
-
-
 class Trainer:
     """Runs Algorithm 1 for one student and a dict of frozen teachers, on one process or many.
 
+    Build it through :func:`leader.recipe.distil` (the one place a run is assembled); the class
+    is public for tests and for users who assemble their own data.
+
     Args:
         model: the student with one head per teacher (keys of ``teachers``).
-        teachers: ``{head_name: Teacher}``; ``teachers[stage1_head]`` is the disease expert.
-        cfg: merged config (see ``configs/paper.yaml``): ``optim``, ``stage1``, ``stage2``,
-            ``loss``, ``precision``, ``seed``, ``num_workers``, ``checkpoint_every``; optional
-            scale settings (``docs/distributed.md``): ``grad_accum`` (or per stage
-            ``stageN.grad_accum`` / ``stageN.micro_batch_size``), ``channels_last``
-            (``auto``: on for CUDA), ``compile`` (``torch.compile`` the student),
-            ``distributed: {backend, timeout_s, find_unused_parameters, static_graph,
-            broadcast_buffers}``, ``teacher_views`` (``auto`` | ``online``), ``max_steps``
-            (stop after this many optimizer steps with a checkpoint, e.g. before a job's time
-            limit), ``prefetch_factor``.
+        teachers: ``{head_name: Teacher}``; each name must have a role in ``cfg.teachers``
+            (its ``stages``: which of stage 1 / stage 2 distil it, and its loss ``weight``).
+        cfg: a :class:`leader.config.Config` (or a mapping validated into one): ``optim``,
+            ``stage1``, ``stage2``, ``loss``, ``augment`` (the training views: applied here, once,
+            to what student and teachers see), ``teachers``, ``precision``, ``seed``,
+            ``num_workers``, ``checkpoint_every``, and the scale settings of
+            ``docs/distributed.md`` (``grad_accum``, ``channels_last``, ``compile``,
+            ``distributed``, ``teacher_views``, ``max_steps``, ``prefetch_factor``).
         out_dir: run folder; gets ``losses.csv``, ``checkpoints/ckpt-NNNNNN`` (+ ``last`` link),
             ``skipped.json``, ``stage1/``, ``final/``
             (written by rank 0).
-        device: torch device; default from ``cfg["device"]`` (``cuda:LOCAL_RANK`` under torchrun).
-        stage1_head: name of the disease head/teacher used in stage 1 (default ``disease``).
+        device: torch device; default from ``cfg.device`` (``cuda:LOCAL_RANK`` under torchrun).
 
     Under ``torchrun`` (``WORLD_SIZE > 1``) the process group is initialised here.
 
     Raises:
         ValueError: a teacher without a matching head or with a different width (BR-24).
+        ConfigError: a teacher without a role in ``cfg.teachers``, or an invalid config.
     """
 
     def __init__(
@@ -259,26 +242,26 @@ class Trainer:
         cfg: Mapping,
         out_dir: str | Path,
         device: torch.device | None = None,
-        stage1_head: str = "disease",
     ):
+        cfg = as_config(cfg)
         self.model, self.teachers, self.cfg = model, dict(teachers), cfg
         self.out = Path(out_dir)
-        dcfg = dict(cfg.get("distributed") or {})
-        self.dist, dev = D.setup(device if device is not None else cfg.get("device", "auto"),
-                                 backend=str(dcfg.get("backend", "auto")),
-                                 timeout_s=float(dcfg.get("timeout_s", 1800)))
+        # which teachers each stage distils, and their loss weights (cfg.teachers)
+        self.stage_heads = {STAGE1: cfg.stage_teachers(STAGE1, self.teachers),
+                            STAGE2: cfg.stage_teachers(STAGE2, self.teachers)}
+        self.weights = {n: float(cfg.teacher(n).weight) for n in self.teachers}
+        dcfg = cfg.distributed
+        self.dist, dev = D.setup(device if device is not None else cfg.device,
+                                 backend=dcfg.backend, timeout_s=float(dcfg.timeout_s))
         self.device = dev
         self.is_main = self.dist.is_main
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-        self.stage1_head = stage1_head
-        if stage1_head not in self.teachers:
-            raise ValueError(f"stage 1 needs a teacher named {stage1_head!r}; have {sorted(self.teachers)}")
         model.check_teacher_dims(self.teachers)
-        self.loss_fn = make_loss(cfg.get("loss", "mse"))
+        self.loss_fn = make_loss(cfg.loss)
         self.model.to(self.device)
-        cl = cfg.get("channels_last", "auto")
-        self.channels_last = (self.device.type == "cuda") if cl in ("auto", None) else bool(cl)
+        cl = cfg.channels_last
+        self.channels_last = (self.device.type == "cuda") if cl == "auto" else bool(cl)
         if self.channels_last:
             self.model.to(memory_format=torch.channels_last)
         for t in self.teachers.values():
@@ -290,43 +273,47 @@ class Trainer:
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
-        self.strategy = str(dcfg.get("strategy", "ddp"))
-        if self.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"distributed.strategy must be 'ddp' or 'fsdp', got {self.strategy!r}")
+        self.strategy = dcfg.strategy
         self.fsdp = self.strategy == "fsdp" and self.dist.distributed
         if self.fsdp:  # shard before the optimizer is built: it must hold the sharded parameters
-            units = D.shard_fsdp(self.model, self.device, reshard_after_forward=bool(dcfg.get("reshard", True)))
+            units = D.shard_fsdp(self.model, self.device, reshard_after_forward=dcfg.reshard)
             log.info("FSDP: student sharded over %d ranks in %d units", self.dist.world_size, units)
-        o = cfg["optim"]
-        extra = {"fused": True} if self.device.type == "cuda" and o.get("fused", True) else {}
+        o = cfg.optim
+        extra = {"fused": True} if self.device.type == "cuda" and o.fused else {}
         self.optimizer = torch.optim.AdamW(
-            _param_groups(model, float(o.get("weight_decay", 0.05))),
-            lr=float(o["lr"]), betas=tuple(o.get("betas", (0.9, 0.999))), **extra,
+            _param_groups(model, float(o.weight_decay)), lr=float(o.lr), betas=tuple(o.betas), **extra,
         )
         self.position = {"stage": STAGE1, "epoch": 0, "sample": 0, "step": 0, "epoch_step": 0}
         self.layout: dict = {}
         self.ckpt_dir = self.out / "checkpoints"
-        self._ckpts = CheckpointDir(self.ckpt_dir, keep=int(cfg.get("keep_checkpoints", 2)))
-        self.on_error = str((cfg.get("data") or {}).get("on_error", "skip"))
-        if self.on_error not in ("skip", "raise"):
-            raise ValueError(f"data.on_error must be 'skip' or 'raise', got {self.on_error!r}")
-        self.max_skip_fraction = float((cfg.get("data") or {}).get("max_skip_fraction", 0.05))
+        self._ckpts = CheckpointDir(self.ckpt_dir, keep=int(cfg.keep_checkpoints))
+        self.on_error = cfg.data.on_error
+        self.max_skip_fraction = float(cfg.data.max_skip_fraction)
         self._skipped: dict[tuple, dict] = {}
         self._n_data = 1
         self.views = self._view_policy()
         self._net = self._ddp = None
 
+    @property
+    def cfg(self) -> Config:
+        """The run's validated :class:`~leader.config.Config` (assigning a mapping validates it)."""
+        return self._cfg
+
+    @cfg.setter
+    def cfg(self, value: Config | Mapping) -> None:
+        self._cfg = as_config(value)
+
     # ------------------------------------------------------------------ views
     def _view_policy(self) -> ViewPolicy:
-        """Random views with online teachers; fixed/plain views when cached teachers need them."""
-        from leader.teachers.cache import teacher_view_info  # noqa: PLC0415
-
-        if str(self.cfg.get("teacher_views", "auto")) == "online":
-            return ViewPolicy("random")
+        """Random views of ``cfg.augment`` with online teachers; fixed/plain views when cached
+        teachers need them."""
+        random_views = ViewPolicy("random", augment=build_augment(self.cfg.augment))
+        if self.cfg.teacher_views == "online":
+            return random_views
         infos = {n: teacher_view_info(t) for n, t in self.teachers.items()}
         infos = {n: i for n, i in infos.items() if i is not None}
         if not infos:
-            return ViewPolicy("random")
+            return random_views
         views = {n: int(i["views"]) for n, i in infos.items()}
         n_views = min(views.values())
         if n_views == 0:
@@ -338,8 +325,6 @@ class Trainer:
         if len(seeds) > 1 or len(augs) > 1:
             raise ValueError(f"cached teachers {sorted(infos)} were built with different view seeds or "
                              "augmentations; rebuild them with the same --views/--view-seed/config")
-        from leader.transforms import PairedAugment  # noqa: PLC0415
-
         info = next(iter(infos.values()))
         aug = PairedAugment(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in info["augment"].items()})
         size = info.get("image_size")
@@ -352,13 +337,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ schedule
     def _lr_at(self, step_in_stage: int, total_in_stage: int) -> float:
-        o = self.cfg["optim"]
-        lr, warm = float(o["lr"]), int(o.get("warmup_steps", 0))
+        o = self.cfg.optim
+        lr, warm, floor = float(o.lr), int(o.warmup_steps), float(o.min_lr_fraction)
         if warm and step_in_stage < warm:
             return lr * (step_in_stage + 1) / warm
         span = max(1, total_in_stage - warm)
         prog = min(1.0, (step_in_stage - warm) / span)
-        return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * prog)))  # cosine to 10 %
+        return lr * (floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog)))  # cosine to min_lr_fraction
 
     # ------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -554,7 +539,8 @@ class Trainer:
         return {n: self.teachers[n].embed(x, ids=list(ids)).float() for n in names}
 
     def _heads(self, stage: int) -> list[str]:
-        return [self.stage1_head] if stage == STAGE1 else list(self.teachers)
+        """The teachers (= heads) stage ``stage`` distils (their ``stages`` in ``cfg.teachers``)."""
+        return self.stage_heads[stage]
 
     def _step(self, stage: int, batch: dict) -> tuple[torch.Tensor, dict, int]:
         """Forward one (micro-)batch: ``(mean loss over its real samples, parts, n real samples)``.
@@ -583,7 +569,7 @@ class Trainer:
         elif vmask is not None:
             vmask = vmask.to(dev, non_blocking=True)
         heads = self._heads(stage)
-        with autocast_context(dev, self.cfg.get("precision", "bf16")):
+        with autocast_context(dev, self.cfg.precision):
             targets = self._targets(x, ids, heads)
             out = net(x, heads=heads)
         parts = {}
@@ -610,6 +596,8 @@ class Trainer:
                     lp = self.loss_fn(pp, tp)
                     parts[f"loss_{h}_patch"] = lp
                     term = li + lp
+            w = self.weights[h]
+            term = term if w == 1.0 else term * w
             total = term if total is None else total + term
         return total, parts, nv
 
@@ -628,12 +616,11 @@ class Trainer:
             if self.dist.distributed and not self.fsdp:
                 from torch.nn.parallel import DistributedDataParallel as DDP  # noqa: PLC0415
 
-                dcfg = dict(self.cfg.get("distributed") or {})
+                dcfg = self.cfg.distributed
                 net = self._ddp = DDP(self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                                      find_unused_parameters=bool(dcfg.get("find_unused_parameters", False)),
-                                      static_graph=bool(dcfg.get("static_graph", False)),
-                                      broadcast_buffers=bool(dcfg.get("broadcast_buffers", True)))
-            if self.cfg.get("compile"):
+                                      find_unused_parameters=dcfg.find_unused_parameters,
+                                      static_graph=dcfg.static_graph, broadcast_buffers=dcfg.broadcast_buffers)
+            if self.cfg.compile:
                 net = torch.compile(net)
             self._net = net
             yield net
@@ -644,7 +631,7 @@ class Trainer:
                 p.requires_grad_(True)
 
     def _check_grads(self, stage: int) -> None:
-        if bool((self.cfg.get("distributed") or {}).get("find_unused_parameters", False)):
+        if self.cfg.distributed.find_unused_parameters:
             return
         idle = tuple(f"heads.{n}." for n in self.model.heads if n not in self._heads(stage))
         unused = [n for n in D.unused_parameters(self.model) if not n.startswith(idle)]
@@ -657,20 +644,19 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _split(self, stage: int) -> tuple[int, int, int]:
-        scfg = self.cfg[f"stage{stage}"]
-        G = int(scfg["batch_size"])
-        A, mb = D.split_batch(G, self.dist.world_size, _opt(scfg, "grad_accum", _opt(self.cfg, "grad_accum", 1)),
-                              scfg.get("micro_batch_size"))
+        scfg = self._stage_cfg(stage)
+        G = int(scfg.batch_size)
+        A, mb = D.split_batch(G, self.dist.world_size, scfg.grad_accum or self.cfg.grad_accum, scfg.micro_batch_size)
         return G, A, mb
 
     def _loader(self, dataset, stage: int, epoch: int, start: int, epoch_step: int) -> tuple[DataLoader, int]:
         """This rank's micro-batches of one epoch from a position, and their number."""
-        seed = int(self.cfg.get("seed", 0))
+        seed = int(self.cfg.seed)
         G, A, mb = self._split(stage)
-        nw = int(self.cfg.get("num_workers", 0))
+        nw = int(self.cfg.num_workers)
         extra = {}
         if nw:
-            extra = dict(prefetch_factor=int(self.cfg.get("prefetch_factor", 2)), persistent_workers=False)
+            extra = dict(prefetch_factor=int(self.cfg.prefetch_factor), persistent_workers=False)
         pin = self.device.type == "cuda"
         if hasattr(dataset, "rank_stream"):
             skip = epoch_step * A
@@ -696,15 +682,14 @@ class Trainer:
     def _steps_per_epoch(self, dataset, stage: int) -> int:
         G, A, mb = self._split(stage)
         if hasattr(dataset, "rank_stream"):
-            nw = int(self.cfg.get("num_workers", 0))
+            nw = int(self.cfg.num_workers)
             return math.ceil(dataset.micro_batches_per_rank(self.dist.world_size, mb, nw) / A)
         return math.ceil(len(dataset) / G)
 
     # ------------------------------------------------------------------ loop
     def run_stage(self, stage: int, dataset: Dataset, log_file: LossLog) -> None:
         """Train one stage from the current position to its last epoch."""
-        scfg = self.cfg[f"stage{stage}"]
-        epochs = int(scfg["epochs"])
+        epochs = int(self._stage_cfg(stage).epochs)
         if len(dataset) == 0:
             raise ValueError(f"stage {stage}: the dataset is empty (no images / no image-patch pairs)")
         G, A, mb = self._split(stage)
@@ -721,12 +706,11 @@ class Trainer:
             start_estep = math.ceil(start_sample / G)
         self.model.train()
         step_in_stage = start_epoch * steps_per_epoch + start_estep
-        ckpt_every = int(self.cfg.get("checkpoint_every", 500) or 0)
-        max_steps = int(self.cfg.get("max_steps") or 0)
-        seed = int(self.cfg.get("seed", 0))
-        clip = self.cfg["optim"].get("grad_clip")
-        bar = tqdm(total=total, initial=step_in_stage, desc=f"stage {stage}", unit="step",
-                   dynamic_ncols=True, disable=None if self.is_main else True)
+        ckpt_every = int(self.cfg.checkpoint_every)
+        max_steps = int(self.cfg.max_steps or 0)
+        seed = int(self.cfg.seed)
+        clip = self.cfg.optim.grad_clip
+        bar = Progress(total, f"stage {stage}", "step", initial=step_in_stage, disable=not self.is_main)
         checked = False
         with self._stage_net(stage):
             ddp = self._ddp  # no_sync lives on the DDP wrapper (also when it is compiled)
@@ -736,7 +720,7 @@ class Trainer:
                 estep = start_estep if first else 0
                 loader, _ = self._loader(dataset, stage, epoch, seen, estep)
                 ep_sum, ep_n, ep_t0 = 0.0, 0, time.perf_counter()
-                self.layout = {"world": W, "micro": mb, "accum": A, "workers": int(self.cfg.get("num_workers", 0))}
+                self.layout = {"world": W, "micro": mb, "accum": A, "workers": int(self.cfg.num_workers)}
                 batches = iter(loader)
                 while True:
                     micro = list(islice(batches, A))
@@ -803,8 +787,7 @@ class Trainer:
                     row.update(dict(zip(names, means[1:])))
                     log_file.write(row)
                     ep_sum, ep_n = ep_sum + loss_v, ep_n + 1
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{loss_v:.4f}", epoch=epoch)
+                    bar.update(1, epoch=f"{epoch + 1}/{epochs}", loss=loss_v)
                     faults.point("train.after_step")
                     if ckpt_every and pos["step"] % ckpt_every == 0:
                         self.save_checkpoint()
@@ -824,6 +807,9 @@ class Trainer:
                 self.save_checkpoint()
         bar.close()
 
+    def _stage_cfg(self, stage: int):
+        return self.cfg.stage1 if stage == STAGE1 else self.cfg.stage2
+
     def _comm_device(self) -> torch.device:
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
 
@@ -841,6 +827,12 @@ class Trainer:
             WriteError: a checkpoint could not be written (the previous one is intact).
             ImageReadError: more than ``data.max_skip_fraction`` of the samples are unreadable.
         """
+        for stage, data in ((STAGE1, stage1_data), (STAGE2, stage2_data)):
+            if data is not None:
+                check_unaugmented(data)  # the view policy augments, once
+                if not self.stage_heads[stage]:
+                    raise ValueError(f"stage {stage} was given data but no teacher is distilled in it "
+                                     f"(cfg.teachers[*].stages); pass None to skip the stage")
         existing = self.latest_checkpoint(verify=False) if not resume and self.is_main else None
         if self.dist.distributed:  # every rank refuses (rank 0 alone would leave the others waiting)
             existing = D.broadcast_object(None if existing is None else str(existing))
@@ -869,7 +861,7 @@ class Trainer:
             if stage2_data is not None:
                 self.run_stage(STAGE2, stage2_data, log_file)
         except _Stopped:
-            log.info("max_steps=%s reached; stopped at %s", self.cfg.get("max_steps"), self.position)
+            log.info("max_steps=%s reached; stopped at %s", self.cfg.max_steps, self.position)
             return self.latest_checkpoint(verify=False) or self.ckpt_dir / "last"
         finally:
             log_file.close()
@@ -878,14 +870,10 @@ class Trainer:
         msd = self._model_state()
         if self.is_main:
             with atomic_dir(final) as tmp:
-                save_model(self.model, tmp, extra={"config": _jsonable(self.cfg)}, state_dict=msd)
+                save_model(self.model, tmp, extra={"config": self.cfg.to_dict()}, state_dict=msd)
             self._write_skip_report(items)
             if items:
                 log.warning("%d unreadable sample(s) were skipped in total; listed in %s",
                             len({it["id"] for it in items}), self.out / "skipped.json")
         D.barrier()
         return final
-
-
-def _jsonable(obj):
-    return json.loads(json.dumps(obj, default=str))

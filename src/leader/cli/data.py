@@ -1,4 +1,4 @@
-"""``leader data ...`` commands: dataset indexing, splits and phantom generation.
+"""``leader data ...``: dataset indexing, splits, phantom generation and shards.
 
 ``leader data index [--dataset NAME] --root DIR [--metadata FILE ...] [--no-check-files]
 [--views GROUP] [--harmonise] [--uncertain P] [--blank P] [--radiologists P]
@@ -16,7 +16,7 @@
     ``<out stem>.skipped.json`` next to the manifest (``{"policy", "count",
     "counts_by_reason", "items": [{"id", "path", "dataset", "reason", "message"}]}``, written
     atomically, also when nothing was skipped) and counted in the log line ``indexed X
-    images, skipped N (reason: count, ...)``.
+    images, skipped N (reason: count, ...)`` printed once.
 
 ``leader data split --manifest IN --out OUT [--val 0.1] [--test 0.1] [--seed 0]
 [--fractions 0.01,0.05,0.1] [--no-official] [--dedup]``
@@ -24,13 +24,25 @@
     Keeps official splits, splits the rest by patient, writes the nested label-fraction key
     (extra column ``fraction_key``: the train rows of fraction ``f`` are ``fraction_key <
     f``), and reports leaks (a patient on two sides).
+
+``leader data shard --manifest M --out SHARDS [--split train] [--image-size 224] [--bit-depth 8]
+[--encoding png|npy] [--shard-size 1000] [--workers 4] [--part R --num-parts N]``
+
+    Writes images and patches once into streamable tar shards (``--config`` gives the patch
+    settings and ``student.img_size``).
+
+Library imports happen inside the handlers (start-up time of ``leader --help``: see
+:mod:`leader.cli`).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 from pathlib import Path
+
+from leader.cli._common import add_config
 
 log = logging.getLogger(__name__)
 
@@ -50,12 +62,20 @@ def _parse_value(v: str):
 
 
 def _cmd_index(a) -> int:
-    from leader.datasets import harmonise as _harmonise  # noqa: PLC0415
-    from leader.datasets._common import collect_skipped, skip_report  # noqa: PLC0415
-    from leader.datasets.pack import index_root, read_dataset  # noqa: PLC0415
-    from leader.utils import atomic_write_json  # noqa: PLC0415
-    from leader.datasets.views import filter_views  # noqa: PLC0415
+    from leader import faults
+    from leader.datasets import harmonise as _harmonise
+    from leader.datasets._common import collect_skipped, skip_report
+    from leader.datasets.pack import index_root, read_dataset
+    from leader.datasets.views import filter_views
+    from leader.errors import write_error
+    from leader.utils import atomic_write_json
 
+    root = Path(a.root)
+    if not root.exists():
+        raise FileNotFoundError(f"--root {a.root}: no such folder")
+    if not root.is_dir():
+        raise NotADirectoryError(f"--root {a.root} is a file, not a folder: give the folder that holds the dataset "
+                                 "(its metadata files and images)")
     check = not a.no_check_files
     opts = {}
     for kv in a.option or []:
@@ -79,9 +99,6 @@ def _cmd_index(a) -> int:
         print(rep)
     if a.harmonise:
         m = _harmonise(m, keep_native=a.keep_native)
-    from leader import faults  # noqa: PLC0415
-    from leader.errors import write_error  # noqa: PLC0415
-
     had = Path(a.out).is_file()
     report_path = skipped_report_path(a.out)
     try:  # atomic (temporary file + os.replace): a kill or a full disk leaves the old manifest
@@ -97,7 +114,8 @@ def _cmd_index(a) -> int:
     atomic_write_json(report_path, report)
     reasons = ", ".join(f"{k}: {v}" for k, v in report["counts_by_reason"].items())
     line = f"indexed {len(m)} images, skipped {report['count']}" + (f" ({reasons})" if reasons else "")
-    (log.warning if report["count"] else log.info)("%s; report %s", line, report_path)
+    # a log record for log files / library users; the console shows the printed line only (once)
+    (log.warning if report["count"] else log.info)("%s; report %s", line, report_path, extra={"printed": True})
     print(f"{line}; report {report_path}")
     print(f"{len(m)} images -> {a.out}")
     print(m.df["dataset"].value_counts().to_string())
@@ -109,9 +127,9 @@ def _cmd_index(a) -> int:
 
 
 def _cmd_split(a) -> int:
-    from leader.datasets.splits import (assign_splits, duplicate_groups, fraction_keys,  # noqa: PLC0415
-                                        group_ids, label_fraction, split_leaks)
-    from leader.manifest import Manifest  # noqa: PLC0415
+    from leader.datasets.splits import (assign_splits, duplicate_groups, fraction_keys, group_ids, label_fraction,
+                                        split_leaks)
+    from leader.manifest import Manifest
 
     m = Manifest.load(a.manifest)
     groups = group_ids(m, duplicates=duplicate_groups(m) if a.dedup else None)
@@ -135,19 +153,50 @@ def _cmd_split(a) -> int:
 
 
 def _cmd_phantoms(a) -> int:
-    from leader.phantoms import make_phantom_pack  # noqa: PLC0415
+    from leader.phantoms import make_phantom_pack
 
     m = make_phantom_pack(a.out, n_images=a.n, size=a.size, seed=a.seed)
     print(f"{len(m)} phantoms -> {Path(a.out) / 'manifest.parquet'}")
     return 0
 
 
-def register(sub, groups) -> None:
-    """Add ``data index``, ``data split`` and ``data phantoms`` to the ``data`` command group."""
-    data = groups["data"]
-    i = data.add_parser("index", help="index a dataset folder into a Parquet manifest")
-    i.add_argument("--root", required=True)
-    i.add_argument("--out", required=True)
+def _cmd_shard(a) -> int:
+    import pandas as pd
+
+    from leader.manifest import Manifest
+    from leader.recipe import patch_tables
+    from leader.shards import write_shards
+
+    cfg = a.cfg
+    m = Manifest.load(a.manifest)
+    if a.split != "all":
+        m = m.subset((m.df["split"] == a.split).to_numpy())
+    if a.patches:
+        patches = pd.concat([pd.read_parquet(p) for p in a.patches], ignore_index=True)
+        patches = patches[patches["image_id"].isin(set(m.df["id"].astype(str)))]
+    elif a.patch_kinds:
+        patches = patch_tables(cfg, m).select(a.patch_kinds.split(","))
+    else:
+        patches = None
+    size = a.image_size or int(cfg.student.img_size)
+    idx = write_shards(m, a.out, image_size=size, bit_depth=a.bit_depth, encoding=a.encoding, patches=patches,
+                       shard_size=a.shard_size, workers=a.workers, part=a.part, num_parts=a.num_parts)
+    if idx is None:
+        print(f"part {a.part}/{a.num_parts} done; the index is written when every part has finished")
+    else:
+        print(f"{idx['n_images']} images, {idx['n_patches']} patches in {len(idx['shards'])} shards "
+              f"({size}x{size}, {a.bit_depth}-bit {a.encoding}) -> {a.out}")
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add the ``data`` group: ``index``, ``split``, ``phantoms``, ``shard``."""
+    data = sub.add_parser("data", help="manifests and datasets: index, split, phantoms, shard")
+    ds = data.add_subparsers(dest="data_cmd", required=True, metavar="SUBCOMMAND")
+    i = ds.add_parser("index", help="index a dataset folder into a Parquet manifest")
+    i.add_argument("--root", required=True, metavar="DIR", help="folder holding one or several datasets "
+                                                                "in their published layouts")
+    i.add_argument("--out", required=True, metavar="MANIFEST.parquet", help="manifest to write (atomically)")
     i.add_argument("--dataset", default=None,
                    help="reader name (nih, chexpert, mimic, padchest, vindr, rsna, siim, tbx11k, covidx, covid, "
                         "chestx-det, node21, jsrt, shenzhen, folder); default: detect every dataset under --root")
@@ -167,20 +216,44 @@ def register(sub, groups) -> None:
     i.add_argument("--option", action="append", default=None, metavar="KEY=VALUE",
                    help="extra reader keyword (JSON value), e.g. stored_size=1024 or original_sizes=meta.csv")
     i.set_defaults(func=_cmd_index)
-    s = data.add_parser("split", help="patient-level train/val/test split and nested label fractions")
-    s.add_argument("--manifest", required=True)
-    s.add_argument("--out", required=True)
-    s.add_argument("--val", type=float, default=0.1)
-    s.add_argument("--test", type=float, default=0.1)
-    s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--fractions", default="0.01,0.05,0.1,0.25,0.5,1")
+
+    s = ds.add_parser("split", help="patient-level train/val/test split and nested label fractions")
+    s.add_argument("--manifest", required=True, metavar="IN.parquet", help="manifest to split")
+    s.add_argument("--out", required=True, metavar="OUT.parquet", help="manifest with split and fraction_key columns")
+    s.add_argument("--val", type=float, default=0.1, metavar="FRACTION",
+                   help="fraction of patients in the validation split (default 0.1)")
+    s.add_argument("--test", type=float, default=0.1, metavar="FRACTION",
+                   help="fraction of patients in the test split (default 0.1)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the patient assignment (default 0)")
+    s.add_argument("--fractions", default="0.01,0.05,0.1,0.25,0.5,1",
+                   help="label fractions to report (nested: the 5%% patients are inside the 10%%)")
     s.add_argument("--no-official", action="store_true", help="ignore official splits; re-split everything")
     s.add_argument("--dedup", action="store_true",
                    help="also group byte-identical files (reads every file) so copies stay on one side")
     s.set_defaults(func=_cmd_split)
-    ph = data.add_parser("phantoms", help="generate chest phantoms with known landmarks and lesion boxes")
-    ph.add_argument("--out", required=True)
-    ph.add_argument("--n", type=int, default=60)
-    ph.add_argument("--size", type=int, default=512)
-    ph.add_argument("--seed", type=int, default=0)
+
+    ph = ds.add_parser("phantoms", help="generate chest phantoms with known landmarks and lesion boxes")
+    ph.add_argument("--out", required=True, metavar="DIR", help="folder for the images and manifest.parquet")
+    ph.add_argument("--n", type=int, default=60, help="number of phantoms (default 60)")
+    ph.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    ph.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     ph.set_defaults(func=_cmd_phantoms)
+
+    sh = ds.add_parser("shard", help="write images and patches once into streamable tar shards")
+    sh.add_argument("--manifest", required=True, metavar="M.parquet", help="manifest of the images to shard")
+    sh.add_argument("--out", required=True, metavar="DIR", help="shard folder")
+    sh.add_argument("--split", default="train", help="manifest split to shard, or 'all' (default: train)")
+    sh.add_argument("--image-size", type=int, default=None, help="S (default: student.img_size of the config)")
+    sh.add_argument("--bit-depth", type=int, choices=(8, 16), default=8, help="stored bit depth (default 8)")
+    sh.add_argument("--encoding", choices=("png", "npy"), default="png",
+                    help="png: lossless and compact; npy: raw, fastest to decode")
+    sh.add_argument("--shard-size", type=int, default=1000, help="images per shard")
+    sh.add_argument("--patches", action="append", default=[], metavar="TABLE.parquet",
+                    help="patch table(s) to store with the images (default: computed from the config)")
+    sh.add_argument("--patch-kinds", default="disease,healthy,landmark",
+                    help="patch kinds computed when --patches is not given ('' for images only)")
+    sh.add_argument("--workers", type=int, default=1, help="parallel writer processes")
+    sh.add_argument("--part", type=int, default=0, help="this job's part (split the shards over nodes)")
+    sh.add_argument("--num-parts", type=int, default=1, help="number of parts the shards are split into")
+    add_config(sh)
+    sh.set_defaults(func=_cmd_shard)

@@ -5,10 +5,15 @@ of sample ``i`` in epoch ``e`` of stage ``s`` is a function of ``(seed, s, e, i)
 random generator is re-seeded for every sample, so the batches and views are the same for any
 number of processes, any number of DataLoader workers, and after a resume.
 
+Augmentation is applied here and only here: datasets given to the trainer return
+un-augmented items, and :class:`ViewDataset` (map-style data) or the shard stream turns each
+into its view.
+
 With cached teachers (``leader teachers cache``) the view must be one whose teacher
 embedding was stored. :class:`ViewPolicy` has three modes:
 
-* ``random`` - a fresh random view per (epoch, sample) from the dataset's own transform;
+* ``random`` - a fresh random view per (epoch, sample) drawn from ``augment`` (the config's
+  ``augment:`` section, :func:`leader.transforms.build_augment`; ``None`` = no augmentation);
   teachers run online on it (the paper's setting).
 * ``plain`` - no augmentation: the un-augmented view, stored in every cache under the plain id.
 * ``cached`` - one of ``n_views`` fixed augmented views per sample, picked at random per
@@ -18,7 +23,6 @@ embedding was stored. :class:`ViewPolicy` has three modes:
 
 from __future__ import annotations
 
-import copy
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -26,32 +30,9 @@ from typing import Any, Callable, Mapping
 import torch
 from torch.utils.data import Dataset
 
-from leader.errors import BoxError, ImageReadError, ManifestError
+from leader.errors import SKIPPABLE, BoxError, ImageReadError, ManifestError
 
-__all__ = ["ViewPolicy", "ViewDataset", "view_id", "make_view", "sample_seed", "KEYS", "SKIPPABLE",
-           "skip_report"]
-
-#: errors of one sample that the ``skip`` policy records and steps over (unreadable or
-#: vanished file, size that disagrees with the manifest, invalid box); anything else stops.
-SKIPPABLE = (ImageReadError, ManifestError, BoxError, OSError)
-
-
-def skip_report(items: list[dict], policy: str) -> dict:
-    """The ``skipped.json`` of a training run or an embedding store.
-
-    ``items``: ``{"id", "reason", ...}`` (training adds ``stage``/``epoch``; an id skipped in
-    several epochs appears once per epoch); ``reason`` starts with the error class name.
-    Returns ``{"policy", "count" (distinct ids), "occurrences", "counts_by_reason" (by error
-    class), "items" (sorted by stage, epoch, id)}``.
-    """
-    by_reason: dict[str, int] = {}
-    for it in items:
-        kind = it["reason"].split(":", 1)[0]
-        by_reason[kind] = by_reason.get(kind, 0) + 1
-    return {"policy": policy, "count": len({it["id"] for it in items}), "occurrences": len(items),
-            "counts_by_reason": by_reason,
-            "items": sorted(items, key=lambda it: (it.get("stage", 0), it.get("epoch", 0), it["id"]))}
-
+__all__ = ["ViewPolicy", "ViewDataset", "check_unaugmented", "view_id", "make_view", "sample_seed", "fixed_view_seed", "KEYS"]
 
 #: a stand-in for a skipped item is searched this far; beyond it the data is assumed broken.
 MAX_CONSECUTIVE_UNREADABLE = 64
@@ -97,7 +78,8 @@ class ViewPolicy:
 
     Attributes:
         mode: ``random`` | ``plain`` | ``cached``.
-        augment: the transform for ``cached`` mode (the one the cache was built with).
+        augment: the augmentation: in ``random`` mode the run's (``None`` = none), in
+            ``cached`` mode the one the cache was built with.
         n_views: fixed views per sample in ``cached`` mode.
         view_seed: the cache's view seed.
     """
@@ -117,19 +99,16 @@ class ViewPolicy:
     def pick(self, seed: int, stage: int, epoch: int, index: Any, key: str) -> int:
         return sample_seed(seed, stage, epoch, index, key + "#k") % self.n_views
 
-    def apply(self, item: dict, transform: Callable | None, seed: int, stage: int, epoch: int,
-              index: Any) -> dict:
-        """Turn an **un-augmented** item into the training view (in place; returns it).
-
-        ``transform`` is the dataset's own augmentation (used in ``random`` mode)."""
+    def apply(self, item: dict, seed: int, stage: int, epoch: int, index: Any) -> dict:
+        """Turn an **un-augmented** item into the training view (in place; returns it)."""
         done = set()
         for tkey, ikey in KEYS:
             if tkey not in item or ikey not in item or tkey in done:
                 continue
             done.add(tkey)
             if self.mode == "random":
-                if transform is not None:
-                    item[tkey] = make_view(transform, item[tkey], sample_seed(seed, stage, epoch, index, tkey))
+                if self.augment is not None:
+                    item[tkey] = make_view(self.augment, item[tkey], sample_seed(seed, stage, epoch, index, tkey))
             elif self.mode == "cached":
                 k = self.pick(seed, stage, epoch, index, tkey)
                 sid = str(item[ikey])
@@ -138,11 +117,17 @@ class ViewPolicy:
         return item
 
 
-def _without_transform(dataset: Dataset) -> Dataset:
-    """A shallow copy of ``dataset`` whose ``transform`` is ``None`` (un-augmented items)."""
-    base = copy.copy(dataset)
-    base.transform = None
-    return base
+def check_unaugmented(dataset) -> None:
+    """Refuse a training dataset that augments by itself (the view policy does it, once).
+
+    Raises:
+        ValueError: ``dataset.transform`` is set.
+    """
+    if getattr(dataset, "transform", None) is not None:
+        raise ValueError(
+            f"{type(dataset).__name__} was built with transform={dataset.transform!r}: training datasets must "
+            "return un-augmented items, the trainer applies the configured augmentation (config 'augment:') "
+            "to the student and the teachers alike; build the dataset with transform=None")
 
 
 class ViewDataset(Dataset):
@@ -157,46 +142,38 @@ class ViewDataset(Dataset):
     samples) and ``"_skip": "<id>\\t<reason>"``; the trainer records these in ``skipped.json``.
     Every item carries ``"_skip"`` (``""`` when read normally). ``on_error="raise"`` re-raises.
 
-    Datasets with a ``transform`` attribute (``ImageDataset``, ``PairDataset``, shard
-    datasets) get their views from :class:`ViewPolicy`; other datasets are called with the CPU
-    generator seeded per sample (their own randomness becomes reproducible too; ``plain`` and
-    ``cached`` modes need a ``transform`` attribute).
+    The base dataset returns **un-augmented** items (``transform=None``): the view comes from
+    :class:`ViewPolicy` alone, so augmentation is applied exactly once. Datasets without a
+    ``transform`` attribute (a user's own) are also called with the CPU generator seeded per
+    sample, so any randomness of their own is reproducible too.
+
+    Raises:
+        ValueError: ``on_error`` is not ``raise``/``skip``, or the base dataset carries its own
+            augmentation (a ``transform`` that is not ``None``).
     """
 
     def __init__(self, base: Dataset, policy: ViewPolicy, seed: int, stage: int, epoch: int,
                  on_error: str = "raise"):
         if on_error not in ("raise", "skip"):
             raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        check_unaugmented(base)
         self.on_error = on_error
         self.policy, self.seed, self.stage, self.epoch = policy, int(seed), int(stage), int(epoch)
-        self.has_transform = hasattr(base, "transform")
-        if not self.has_transform and policy.mode != "random":
-            raise ValueError(
-                f"{type(base).__name__} has no 'transform' attribute, so the {policy.mode!r} views that the "
-                "cached teachers need cannot be applied; build the dataset with transform=... or run "
-                "the teachers online")
-        self.transform = getattr(base, "transform", None)
-        self.base = _without_transform(base) if self.has_transform else base
+        self.base = base
+        self._seed_calls = not hasattr(base, "transform")
 
     def __len__(self) -> int:
         return len(self.base)
 
     def _item(self, i: int) -> dict:
-        if self.has_transform:
-            item = dict(self.base[i])
-            self.policy.apply(item, self.transform, self.seed, self.stage, self.epoch, i)
-        else:
-            gen = torch.random.default_generator
-            gen.manual_seed(sample_seed(self.seed, self.stage, self.epoch, i))
-            item = dict(self.base[i])
-        return item
+        if self._seed_calls:
+            torch.random.default_generator.manual_seed(sample_seed(self.seed, self.stage, self.epoch, i))
+        item = dict(self.base[i])
+        return self.policy.apply(item, self.seed, self.stage, self.epoch, i)
 
     def _item_id(self, i: int) -> str:
         get = getattr(self.base, "item_id", None)
-        if get is not None:
-            return str(get(i))
-        ids = getattr(self.base, "_image_ids", None)  # PairDataset: the image of patch i
-        return str(ids[i]) if ids is not None else f"index {i}"
+        return str(get(i)) if get is not None else f"index {i}"
 
     def __getitem__(self, j: int) -> dict:
         j = int(j)
