@@ -345,7 +345,43 @@ def test_undefined_warning_category_is_a_userwarning():
     assert issubclass(w[0].category, UserWarning) and "only-pos" in str(w[0].message)
 
 
-def test_batched_retrieval_equals_per_query_retrieval():
+def _per_query_retrieval(q, ql, qids, g, ids, labels, k, n_queries=None, seed=0):
+    """Reference: disease retrieval one query at a time through precision_at_k (one FAISS index
+    per query over the query's restricted gallery), as the per-query implementation did."""
+    from leader.eval.retrieval import RetrievalResult
+
+    order = np.arange(len(ql))
+    if n_queries is not None and n_queries < len(ql):
+        order = np.sort(np.random.default_rng(seed).choice(len(ql), size=n_queries, replace=False))
+    pos = {gid: i for i, gid in enumerate(ids)}
+    precs, chances, rows = [], [], []
+    for qi in order:
+        lab = ql[qi]
+        if lab not in labels:
+            rows.append({"query": int(qi), "label": lab, "skipped": "label unknown in gallery"})
+            continue
+        col = labels[lab]
+        known = np.flatnonzero(~np.isnan(col))
+        own = pos.get(qids[qi])
+        ex = int(np.searchsorted(known, own)) if own is not None and not np.isnan(col[own]) else None
+        usable = len(known) - (ex is not None)
+        if usable < k:
+            rows.append({"query": int(qi), "label": lab, "skipped": f"gallery {usable} < K {k}"})
+            continue
+        rel = col[known] == 1
+        p = precision_at_k(q[qi], g[known], rel, k, exclude=ex)
+        keep = np.ones(len(known), bool)
+        if ex is not None:
+            keep[ex] = False
+        chances.append(float(rel[keep].mean()))
+        precs.append(p)
+        rows.append({"query": int(qi), "label": lab, "precision": p})
+    return RetrievalResult(k=k, mean=float(np.mean(precs)), std=float(np.std(precs)), n_queries=len(precs),
+                           chance=float(np.mean(chances)), per_query=rows)
+
+
+def test_batched_retrieval_equals_per_query_retrieval(monkeypatch):
+    from leader.eval import retrieval
     from leader.eval.retrieval import disease_retrieval_batched
 
     rng = np.random.default_rng(0)
@@ -362,8 +398,14 @@ def test_batched_retrieval_equals_per_query_retrieval():
     ql = list(rng.choice(["A", "B", "C", "Z"], 30))                     # Z: no such label column
     qids = [ids[i] for i in qi]
     for kw in ({"k": 5}, {"k": 10, "n_queries": 12, "seed": 3}):
-        a = disease_retrieval(q, ql, qids, g, ids, labels, **kw)
-        b = disease_retrieval_batched(q, ql, qids, g, ids, labels, **kw)
+        a = _per_query_retrieval(q, ql, qids, g, ids, labels, **kw)
+        b = disease_retrieval(q, ql, qids, g, ids, labels, **kw)
         assert a.per_query == b.per_query
         assert (a.mean, a.std, a.n_queries) == pytest.approx((b.mean, b.std, b.n_queries))
         assert a.chance == pytest.approx(b.chance)
+        monkeypatch.setattr(retrieval, "QUERY_BATCH", 2)                # several searches per disease
+        c = disease_retrieval(q, ql, qids, g, ids, labels, **kw)
+        monkeypatch.undo()
+        assert c.per_query == b.per_query
+        with pytest.warns(DeprecationWarning, match="disease_retrieval"):  # the old name still works
+            assert disease_retrieval_batched(q, ql, qids, g, ids, labels, **kw).per_query == b.per_query
