@@ -452,18 +452,14 @@ def _apply(transform, arr: np.ndarray) -> torch.Tensor:
     return transform(t).to(torch.float32).clamp_(0.0, 1.0)
 
 
-class ShardImageDataset(Dataset):
-    """Whole images from shards: item ``i`` -> ``{"image": [1, S, S], "id", "index"}`` (like
-    :class:`leader.patches.ImageDataset`). ``record(i)`` is the sample's JSON (labels, boxes)."""
+class _ShardMembers(Dataset):
+    """Map-style dataset over one member per item, read by offset: ``ids`` and ``loc``
+    (``[n, 3]`` int64 rows ``shard, offset, size``) are given by the subclass."""
 
-    def __init__(self, root: str | Path, transform=None):
-        self.info = root if isinstance(root, ShardInfo) else ShardInfo(root)
-        self.transform = transform
-        s = self.info.samples
+    def __init__(self, info: ShardInfo, transform, ids: list[str], loc: np.ndarray):
+        self.info, self.transform = info, transform
         self.image_size = self.info.image_size
-        self._ids = s["id"].astype(str).tolist()
-        self._loc = s[["shard", "image_off", "image_size"]].to_numpy(np.int64)
-        self._jloc = s[["shard", "json_off", "json_size"]].to_numpy(np.int64)
+        self._ids, self._loc = ids, loc
         self._r = _Reader(self.info)
 
     def __len__(self) -> int:
@@ -476,10 +472,6 @@ class ShardImageDataset(Dataset):
         sh, off, size = self._loc[index]
         return _decode(self._r.read(int(sh), int(off), int(size)), self.info.ext, self.info.bit_depth)
 
-    def record(self, index: int) -> dict:
-        sh, off, size = self._jloc[index]
-        return json.loads(self._r.read(int(sh), int(off), int(size)))
-
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if not 0 <= index < len(self):
@@ -487,7 +479,23 @@ class ShardImageDataset(Dataset):
         return {"image": _apply(self.transform, self.resized(index)), "id": self._ids[index], "index": index}
 
 
-class ShardPatchDataset(Dataset):
+class ShardImageDataset(_ShardMembers):
+    """Whole images from shards: item ``i`` -> ``{"image": [1, S, S], "id", "index"}`` (like
+    :class:`leader.patches.ImageDataset`). ``record(i)`` is the sample's JSON (labels, boxes)."""
+
+    def __init__(self, root: str | Path, transform=None):
+        info = root if isinstance(root, ShardInfo) else ShardInfo(root)
+        s = info.samples
+        super().__init__(info, transform, s["id"].astype(str).tolist(),
+                         s[["shard", "image_off", "image_size"]].to_numpy(np.int64))
+        self._jloc = s[["shard", "json_off", "json_size"]].to_numpy(np.int64)
+
+    def record(self, index: int) -> dict:
+        sh, off, size = self._jloc[index]
+        return json.loads(self._r.read(int(sh), int(off), int(size)))
+
+
+class ShardPatchDataset(_ShardMembers):
     """Patches from shards: item ``i`` -> ``{"image": [1, S, S], "id": patch_id, "index"}``.
 
     Args:
@@ -495,32 +503,13 @@ class ShardPatchDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, transform=None, kinds: Sequence[str] | None = None):
-        self.info = root if isinstance(root, ShardInfo) else ShardInfo(root)
-        self.transform = transform
-        p = self.info.patches
+        info = root if isinstance(root, ShardInfo) else ShardInfo(root)
+        p = info.patches
         if kinds is not None:
             p = p[p["kind"].isin(list(kinds))]
         self.patches = p.reset_index(drop=True)
-        self.image_size = self.info.image_size
-        self._pids = self.patches["patch_id"].astype(str).tolist()
-        self._loc = self.patches[["shard", "off", "size"]].to_numpy(np.int64)
-        self._r = _Reader(self.info)
-
-    def __len__(self) -> int:
-        return len(self._pids)
-
-    def item_id(self, index: int) -> str:
-        return self._pids[index]
-
-    def resized(self, index: int) -> np.ndarray:
-        sh, off, size = self._loc[index]
-        return _decode(self._r.read(int(sh), int(off), int(size)), self.info.ext, self.info.bit_depth)
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return {"image": _apply(self.transform, self.resized(index)), "id": self._pids[index], "index": index}
+        super().__init__(info, transform, self.patches["patch_id"].astype(str).tolist(),
+                         self.patches[["shard", "off", "size"]].to_numpy(np.int64))
 
 
 class ShardPairDataset(Dataset):
@@ -550,7 +539,7 @@ class ShardPairDataset(Dataset):
         img = _decode(self._patches._r.read(int(sh), int(off), int(size)), self.info.ext, self.info.bit_depth)
         return {"image": _apply(self.transform, img),
                 "patch": _apply(self.transform, self._patches.resized(index)),
-                "image_id": self._image_ids[index], "patch_id": self._patches._pids[index], "index": index}
+                "image_id": self._image_ids[index], "patch_id": self._patches.item_id(index), "index": index}
 
 
 # ------------------------------------------------------------------------------------ streaming
