@@ -55,12 +55,13 @@ What is still ours, and why:
   not resume exactly. The tar reading under it is webdataset's (``tar_file_expander`` +
   ``group_by_keys``).
 
-Measured against the hand-written ``tarfile`` code this replaced, in one process on the same
-shards, rounds interleaved with alternating order (48 phantom 1024² PNGs + 79 patches at 224²,
-8 rounds, CPU seconds, 2-core VM under load 5, 2026-12-07): writing 0.748 vs 0.736 s (1.02x),
-streaming images 925 vs 952 img/s (0.97x), streaming pairs 588 vs 602 pairs/s (0.98x), random
-access (unchanged code) 1510 vs 1530 img/s (0.99x); webdataset's iterator costs ~3 µs more per
-tar member (31 vs 28 µs). The shard files are byte-identical.
+Measured against the hand-written ``tarfile`` code this replaced with
+``benchmarks/bench_shards_baseline.py`` (both modules in one process on the same shards, rounds
+interleaved in alternating order; 48 phantom 1024² PNGs + 79 patches at 224²; CPU seconds; 2-core
+VM, 2026-12-07), this / old, median of 12 rounds at load 8: writing 0.995, streaming images
+0.999, streaming pairs 0.992, random access (unchanged code) 0.990; of 8 rounds at load 5:
+1.017 / 0.972 / 0.977 / 0.988. Webdataset's tar iterator alone costs ~3 µs more per member
+(31 vs 28 µs). The shard files are byte-identical.
 """
 
 from __future__ import annotations
