@@ -5,6 +5,10 @@ gallery are ranked by cosine similarity to it (FAISS inner product on L2-normali
 precision@K is the fraction of the top K images that carry the query's disease. The query's
 own image is excluded from its ranking (field report BR-23), ties are broken by gallery index.
 The experiment is repeated over random queries (seeded) and reported as mean ± std.
+
+The ranking is FAISS's; precision@K is then a count over the top K. scikit-learn has no
+retrieval precision@K (``top_k_accuracy_score`` asks whether the true *class* is among the K
+best-scored classes, another quantity), so that count stays here.
 """
 
 from __future__ import annotations
