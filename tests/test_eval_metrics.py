@@ -14,7 +14,7 @@ from leader.eval.linear_probe import group_folds, probe_multiclass, probe_multil
 from leader.eval.metrics import (UndefinedMetricWarning, binary_auc, dice, iou, kmeans_nmi, multiclass_auc,
                                  per_class_auc)
 from leader.eval.retrieval import disease_retrieval, precision_at_k
-from leader.eval.stats import mean_std, results_table, ttest_ind, wide_table
+from leader.eval.stats import bootstrap_ci, mean_std, results_table, ttest_ind, ttest_rel, wide_table, wilcoxon
 
 
 # ------------------------------------------------------------------ AUC
@@ -27,6 +27,9 @@ def test_binary_auc_hand_computed():
     assert binary_auc([1, 0, 0], [0.5, 0.5, 0.1]) == pytest.approx(0.75)
     # unknown labels (NaN) are ignored
     assert binary_auc([1, np.nan, 0], [0.9, 0.0, 0.1]) == pytest.approx(1.0)
+    # a value that is neither 1 nor 0 (e.g. -1 "uncertain") is neither positive nor negative
+    assert binary_auc([1, -1, 0], [0.9, 0.0, 0.1]) == pytest.approx(1.0)
+    assert math.isnan(binary_auc([1, 1, np.nan], [0.2, 0.3, 0.1]))
 
 
 def test_binary_auc_matches_sklearn():
@@ -79,6 +82,28 @@ def test_dice_and_iou_hand_computed():
         dice(p, np.zeros((3, 3)))
 
 
+def test_dice_and_iou_equal_sklearn_per_image():
+    from sklearn.metrics import f1_score, jaccard_score
+
+    rng = np.random.default_rng(0)
+    p = rng.random((5, 16, 16)) > 0.5
+    t = rng.random((5, 16, 16)) > 0.7
+    p[3] = t[3] = False                                     # both empty: 1 by convention
+    P, T = p.reshape(5, -1).T, t.reshape(5, -1).T         # pixels as samples, images as labels
+    np.testing.assert_allclose(dice(p, t, reduce=False), f1_score(T, P, average=None, zero_division=1.0))
+    np.testing.assert_allclose(iou(p, t, reduce=False), jaccard_score(T, P, average=None, zero_division=1.0))
+
+
+def test_accuracy_hand_computed():
+    from leader.eval.metrics import accuracy
+
+    assert accuracy(["a", "b", "b", "c"], ["a", "b", "c", "c"]) == 0.75
+    assert accuracy([[1, 2], [3, 4]], [[1, 0], [3, 4]]) == 0.75   # element-wise, not per row
+    assert math.isnan(accuracy([], []))
+    with pytest.raises(ValueError, match="shapes differ"):
+        accuracy([1, 2], [1])
+
+
 # ------------------------------------------------------------------ kNN, NMI, precision@K
 def test_knn_accuracy_majority_vote_k3():
     from leader.eval.anatomy import knn_accuracy
@@ -123,6 +148,66 @@ def test_ttest_hand_computed_and_matches_scipy():
     assert math.isnan(ttest_ind([1], [2, 3]).p)
     z = ttest_ind([1, 1], [2, 2])
     assert z.p == 0.0 and z.t == -math.inf
+
+
+def test_ttest_welch_df_and_zero_variance_edge_cases():
+    a, b = [1, 2, 3, 4], [2, 4, 6, 8]
+    # Welch-Satterthwaite: (5/12 + 20/12)^2 / ((5/12)^2/3 + (20/12)^2/3) = 75/17
+    w = ttest_ind(a, b, equal_var=False)
+    assert w.df == pytest.approx(75 / 17) and w.t == pytest.approx(-math.sqrt(3))
+    # zero variance in both samples: t = ±inf, p = 0 (means differ) / nan (equal); Welch df nan
+    z = ttest_ind([3, 3, 3], [1, 1], equal_var=False)
+    assert (z.t, z.p) == (math.inf, 0.0) and math.isnan(z.df)
+    assert ttest_ind([3, 3, 3], [1, 1]).df == 3
+    e = ttest_ind([2, 2], [2, 2])
+    assert math.isnan(e.t) and math.isnan(e.p)
+    # fewer than two values: nan although SciPy would still return a number
+    assert math.isnan(ttest_ind([1, 2], [3]).t)
+
+
+def test_paired_ttest_hand_computed():
+    # d = a - b = -1, -2, -4: mean -7/3, var 7/3, se = sqrt(7/3 / 3) = sqrt(7)/3 -> t = -sqrt(7)
+    # df = 2: the t(2) tail is 1/2 - t / (2 sqrt(t^2 + 2)) -> two-sided p = 1 - sqrt(7)/3
+    r = ttest_rel([1, 2, 3], [2, 4, 7])
+    assert r.t == pytest.approx(-math.sqrt(7)) and r.df == 2
+    assert r.p == pytest.approx(1 - math.sqrt(7) / 3)
+    # a pair with a NaN is dropped; constant differences: ±inf / p = 0; all equal: nan
+    c = ttest_rel([1, 2, 3, float("nan")], [2, 3, 4, 5])
+    assert (c.t, c.p, c.df) == (-math.inf, 0.0, 2)
+    assert math.isnan(ttest_rel([1, 2], [1, 2]).p)
+    assert math.isnan(ttest_rel([1], [2]).p)
+    with pytest.raises(ValueError, match="length"):
+        ttest_rel([1, 2, 3], [1, 2])
+
+
+def test_wilcoxon_signed_rank_exact_hand_computed():
+    # d = -1, -2, -3, -4, -5: rank sums W+ = 0, W- = 15; exact two-sided p = 2 * P(W+ <= 0) = 2/32
+    r = wilcoxon([1, 2, 3, 4, 5], [2, 4, 6, 8, 10])
+    assert (r.statistic, r.n) == (0.0, 5) and r.p == pytest.approx(2 / 32)
+    # d = +1, -2, -3, -4, -5: W+ = 1; P(W+ <= 1) = 2/32 (the empty set and {1}) -> p = 4/32
+    r = wilcoxon([2, 2, 3, 4, 5], [1, 4, 6, 8, 10])
+    assert r.statistic == 1.0 and r.p == pytest.approx(4 / 32)
+    assert math.isnan(wilcoxon([1, 2, 3], [1, 2, 3]).p)
+    assert math.isnan(wilcoxon([1], [2]).p)
+
+
+def test_bootstrap_ci_hand_computed():
+    # resampled means of [0, 1] are 0, 0.5, 1 with probabilities 1/4, 1/2, 1/4: the 2.5 % and
+    # 97.5 % quantiles of 2000 resamples are 0 and 1
+    assert bootstrap_ci([0.0, 1.0], n_resamples=2000) == (0.0, 1.0)
+    # [0, 0, 0, 1]: mean of a resample = Binomial(4, 1/4) / 4; P(<= 0.5) = 0.949, P(<= 0.75) = 0.996
+    # -> 95 % interval (0, 0.75); 80 %: P(0) = 0.316 > 0.1 and P(<= 0.25) = 0.738 < 0.9 -> (0, 0.5)
+    assert bootstrap_ci([0, 0, 0, 1], n_resamples=4000, seed=1) == (0.0, 0.75)
+    assert bootstrap_ci([0, 0, 0, 1], confidence=0.8, n_resamples=4000, seed=1) == (0.0, 0.5)
+    rng = np.random.default_rng(0)
+    x = rng.normal(0.8, 0.05, 20)
+    lo, hi = bootstrap_ci(x, seed=3)
+    assert lo < x.mean() < hi and bootstrap_ci(x, seed=3) == (lo, hi)  # same seed, same interval
+    assert bootstrap_ci([0.7, 0.7, 0.7]) == pytest.approx((0.7, 0.7))  # no spread: the statistic twice
+    assert bootstrap_ci([0.5, 0.5, 0.5], statistic=np.std) == (0.0, 0.0)
+    assert all(math.isnan(v) for v in bootstrap_ci([0.5, float("nan")]))
+    with pytest.raises(ValueError, match="confidence"):
+        bootstrap_ci(x, confidence=95)
 
 
 def test_mean_std_sample_std():
@@ -260,7 +345,43 @@ def test_undefined_warning_category_is_a_userwarning():
     assert issubclass(w[0].category, UserWarning) and "only-pos" in str(w[0].message)
 
 
-def test_batched_retrieval_equals_per_query_retrieval():
+def _per_query_retrieval(q, ql, qids, g, ids, labels, k, n_queries=None, seed=0):
+    """Reference: disease retrieval one query at a time through precision_at_k (one FAISS index
+    per query over the query's restricted gallery), as the per-query implementation did."""
+    from leader.eval.retrieval import RetrievalResult
+
+    order = np.arange(len(ql))
+    if n_queries is not None and n_queries < len(ql):
+        order = np.sort(np.random.default_rng(seed).choice(len(ql), size=n_queries, replace=False))
+    pos = {gid: i for i, gid in enumerate(ids)}
+    precs, chances, rows = [], [], []
+    for qi in order:
+        lab = ql[qi]
+        if lab not in labels:
+            rows.append({"query": int(qi), "label": lab, "skipped": "label unknown in gallery"})
+            continue
+        col = labels[lab]
+        known = np.flatnonzero(~np.isnan(col))
+        own = pos.get(qids[qi])
+        ex = int(np.searchsorted(known, own)) if own is not None and not np.isnan(col[own]) else None
+        usable = len(known) - (ex is not None)
+        if usable < k:
+            rows.append({"query": int(qi), "label": lab, "skipped": f"gallery {usable} < K {k}"})
+            continue
+        rel = col[known] == 1
+        p = precision_at_k(q[qi], g[known], rel, k, exclude=ex)
+        keep = np.ones(len(known), bool)
+        if ex is not None:
+            keep[ex] = False
+        chances.append(float(rel[keep].mean()))
+        precs.append(p)
+        rows.append({"query": int(qi), "label": lab, "precision": p})
+    return RetrievalResult(k=k, mean=float(np.mean(precs)), std=float(np.std(precs)), n_queries=len(precs),
+                           chance=float(np.mean(chances)), per_query=rows)
+
+
+def test_batched_retrieval_equals_per_query_retrieval(monkeypatch):
+    from leader.eval import retrieval
     from leader.eval.retrieval import disease_retrieval_batched
 
     rng = np.random.default_rng(0)
@@ -277,8 +398,14 @@ def test_batched_retrieval_equals_per_query_retrieval():
     ql = list(rng.choice(["A", "B", "C", "Z"], 30))                     # Z: no such label column
     qids = [ids[i] for i in qi]
     for kw in ({"k": 5}, {"k": 10, "n_queries": 12, "seed": 3}):
-        a = disease_retrieval(q, ql, qids, g, ids, labels, **kw)
-        b = disease_retrieval_batched(q, ql, qids, g, ids, labels, **kw)
+        a = _per_query_retrieval(q, ql, qids, g, ids, labels, **kw)
+        b = disease_retrieval(q, ql, qids, g, ids, labels, **kw)
         assert a.per_query == b.per_query
         assert (a.mean, a.std, a.n_queries) == pytest.approx((b.mean, b.std, b.n_queries))
         assert a.chance == pytest.approx(b.chance)
+        monkeypatch.setattr(retrieval, "QUERY_BATCH", 2)                # several searches per disease
+        c = disease_retrieval(q, ql, qids, g, ids, labels, **kw)
+        monkeypatch.undo()
+        assert c.per_query == b.per_query
+        with pytest.warns(DeprecationWarning, match="disease_retrieval"):  # the old name still works
+            assert disease_retrieval_batched(q, ql, qids, g, ids, labels, **kw).per_query == b.per_query

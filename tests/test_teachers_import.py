@@ -548,7 +548,7 @@ def write_tfrecord(path, records: list[bytes]) -> None:
 def test_crc32c_and_tfrecord_framing(tmp_path):
     assert crc32c(b"123456789") == 0xE3069283
     rng = np.random.default_rng(0)
-    for n in (0, 1, 3, 4, 100, 5000, 16383, 16384, 20001):  # >= 16384: the vectorised path
+    for n in (0, 1, 3, 4, 100, 5000, 16383, 16384, 20001):
         data = rng.integers(0, 256, n, dtype=np.uint8).tobytes()
         assert crc32c(data) == _crc32c_bitwise(data), n
     ex = encode_example({"embedding": [1.5, -2.0, 3.25], "image/id": b"gs://bucket/00000001_000.dcm"})
@@ -576,6 +576,50 @@ def test_crc32c_and_tfrecord_framing(tmp_path):
 
     (tmp_path / "gz.tfrecord").write_bytes(gzip.compress(path.read_bytes()))  # compression_type="GZIP"
     assert list(iter_tfrecord(tmp_path / "gz.tfrecord")) == [ex, ex]
+
+
+def test_parse_example_kinds_and_malformed(tmp_path):
+    # Feature 3 = Int64List (packed varints: 5, then -1 as a ten-byte two's complement), an empty Feature
+    ints = _varint(5) + bytes([0xFF] * 9 + [0x01])
+    entry_int = _len_field(1, b"n") + _len_field(2, _len_field(3, _len_field(1, ints)))
+    entry_empty = _len_field(1, b"none") + _len_field(2, b"")
+    ex = _len_field(1, _len_field(1, entry_int) + _len_field(1, entry_empty))
+    feats = parse_example(ex)
+    assert feats["n"].dtype == np.int64 and feats["n"].tolist() == [5, -1]
+    assert feats["none"] is None
+    assert parse_example(encode_example({"e": []}))["e"].shape == (0,)
+    with pytest.raises(ValueError, match="malformed"):
+        parse_example(b"\x0a\x05\x01")                       # a length beyond the end
+    # inside an import the error names the file and the record
+    good = encode_example({"image/id": b"a.png", "embedding": np.zeros(1376, np.float32)})
+    write_tfrecord(tmp_path / "m.tfrecord", [good, b"\x0a\x05\x01"])
+    with pytest.raises(ValueError, match=r"m.tfrecord: record 1: malformed"):
+        import_cxr_foundation(tmp_path / "s", tmp_path / "m.tfrecord")
+
+
+def test_parse_example_beside_tensorflows_own_example_proto(tmp_path):
+    """With TensorFlow loaded, protobuf's default pool already holds ``tensorflow.Example`` and
+    refuses tfrecord's copy of the schema: parsing then uses the class already in the pool."""
+    import subprocess
+
+    from tfrecord import example_pb2
+
+    import leader.teachers.cxr_foundation as cxr
+
+    script = (
+        "import importlib.util, sys\n"
+        "from google.protobuf import descriptor_pb2, descriptor_pool\n"
+        f"fd = descriptor_pb2.FileDescriptorProto.FromString(bytes.fromhex({example_pb2.DESCRIPTOR.serialized_pb.hex()!r}))\n"
+        "fd.name = 'tensorflow/core/example/example.proto'\n"  # registered as TensorFlow does
+        "descriptor_pool.Default().Add(fd)\n"
+        f"spec = importlib.util.spec_from_file_location('cxr', {cxr.__file__!r})\n"
+        "m = importlib.util.module_from_spec(spec); sys.modules['cxr'] = m; spec.loader.exec_module(m)\n"
+        f"f = m.parse_example(bytes.fromhex({encode_example({'embedding': [1.5, -2.0]}).hex()!r}))\n"
+        "print(f['embedding'].tolist())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[1.5, -2.0]"
 
 
 def _google_outputs(folder, stems, fmt, suffix, seed=0):

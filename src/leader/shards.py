@@ -25,8 +25,11 @@ last ``index.json``. A job killed at any point leaves only complete files (a tar
 Fault points (:mod:`leader.faults`): ``shard.after_plan``, ``shard.after_tar``,
 ``shard.after_shard``, ``shard.after_tables``, ``shard.after_index``.
 
-The tar files are plain, uncompressed POSIX tars: ``webdataset`` and ``tar`` read them as they
-are. Three readers:
+The tar files are plain, uncompressed POSIX (USTAR) tars written by ``webdataset.TarWriter``,
+one member per ``write`` so that each member's byte offset is known (owner names empty, mode
+0644, mtime 0: the bytes are those tarfile's defaults gave before, so shards written by earlier
+versions and by this one are identical); ``webdataset`` and ``tar`` read them as they are.
+Three readers:
 
 * :class:`ShardImageDataset`, :class:`ShardPatchDataset`, :class:`ShardPairDataset` - map-style
   datasets with random access by byte offset (``os.pread``), drop-in replacements of
@@ -38,6 +41,27 @@ are. Three readers:
   same world size and worker count).
 
 Raw-file loading (:mod:`leader.patches`) stays available for small data.
+
+What is still ours, and why:
+
+* Random access by offset (``_Reader``: one ``os.pread`` per member at the offset recorded in
+  ``samples.parquet`` / ``patches.parquet``): webdataset 1.0.2 has only iterable datasets, no
+  map-style reader, and the trainer's per-rank sampler, exact resume and multi-process
+  equivalence need one.
+* The stream's epoch layout (slots per rank and worker, equal quotas, resume at a sample) and
+  its shuffle buffer (``_shuffled``, numpy-seeded): webdataset's ``split_by_node`` /
+  ``split_by_worker`` / ``shuffle`` have no resume position, and its shuffle (``random.Random``,
+  another algorithm) would change the order of every seeded epoch, so a run started before could
+  not resume exactly. The tar reading under it is webdataset's (``tar_file_expander`` +
+  ``group_by_keys``).
+
+Measured against the hand-written ``tarfile`` code this replaced with
+``benchmarks/bench_shards_baseline.py`` (both modules in one process on the same shards, rounds
+interleaved in alternating order; 48 phantom 1024² PNGs + 79 patches at 224²; CPU seconds; 2-core
+VM, 2026-12-07), this / old, median of 12 rounds at load 8: writing 0.995, streaming images
+0.999, streaming pairs 0.992, random access (unchanged code) 0.990; of 8 rounds at load 5:
+1.017 / 0.972 / 0.977 / 0.988. Webdataset's tar iterator alone costs ~3 µs more per member
+(31 vs 28 µs). The shard files are byte-identical.
 """
 
 from __future__ import annotations
@@ -49,7 +73,6 @@ import json
 import logging
 import math
 import os
-import tarfile
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -163,11 +186,13 @@ def _records(df: pd.DataFrame, patches: pd.DataFrame | None) -> list[dict]:
     return recs
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> tuple[int, int]:
-    ti = tarfile.TarInfo(name)
-    ti.size, ti.mtime, ti.mode = len(data), 0, 0o644
-    tar.addfile(ti, io.BytesIO(data))
-    end = tar.offset
+def _add(tw, key: str, ext: str, data: bytes) -> tuple[int, int]:
+    """Write member ``{key}.{ext}`` through a ``webdataset.TarWriter``; ``(data offset, size)``.
+
+    One member per ``write`` call: the writer's tar stream then stands right after this member's
+    data, padded to whole 512-byte blocks, which gives the offset for random access."""
+    tw.write({"__key__": key, ext: data})
+    end = tw.tarstream.offset
     return end - 512 * math.ceil(len(data) / 512), len(data)
 
 
@@ -186,7 +211,12 @@ def _write_shard(job: dict) -> dict:
     target = out / f"{name}.tar"
     reading = False  # an OSError while reading an image is not a write error
     try:
-        with atomic_path(target) as tmp, tarfile.open(tmp, "w", format=tarfile.USTAR_FORMAT) as tar:
+        from webdataset import TarWriter  # noqa: PLC0415
+
+        # plain USTAR members as tarfile's defaults give them (no owner name, 0644, mtime 0): a
+        # rewrite is byte for byte the same file
+        with atomic_path(target) as tmp, open(tmp, "wb") as fh, \
+                TarWriter(fh, user="", group="", mode=0o644, mtime=0, encoder=False) as tar:
             for key_no, rec in zip(job["keys"], job["records"]):
                 key = f"{key_no:09d}"
                 reading = True
@@ -199,13 +229,13 @@ def _write_shard(job: dict) -> dict:
                                      f"{px.shape[1]}x{px.shape[0]} (rebuild the manifest)")
                 meta = {k: v for k, v in rec.items() if k != "path"}
                 meta["key"] = key
-                j_off = _add(tar, f"{key}.json", json.dumps(meta).encode("utf-8"))
+                j_off = _add(tar, key, "json", json.dumps(meta).encode("utf-8"))
                 data, ext = _encode(crop(px, (0, 0, px.shape[1], px.shape[0]), S), bits, enc)
-                i_off = _add(tar, f"{key}.{ext}", data)
+                i_off = _add(tar, key, ext, data)
                 p_offs = []
                 for k, p in enumerate(rec["patches"]):
                     data, ext = _encode(crop(px, tuple(p["region"]), S), bits, enc)
-                    p_offs.append(list(_add(tar, f"{key}.p{k}.{ext}", data)))
+                    p_offs.append(list(_add(tar, key, f"p{k}.{ext}", data)))
                     pairs[p["kind"]] = pairs.get(p["kind"], 0) + 1
                 samples.append({"key": key, "id": rec["id"], "json": list(j_off), "image": list(i_off),
                                 "patches": p_offs, "patch_meta": rec["patches"]})
@@ -424,18 +454,14 @@ def _apply(transform, arr: np.ndarray) -> torch.Tensor:
     return transform(t).to(torch.float32).clamp_(0.0, 1.0)
 
 
-class ShardImageDataset(Dataset):
-    """Whole images from shards: item ``i`` -> ``{"image": [1, S, S], "id", "index"}`` (like
-    :class:`leader.patches.ImageDataset`). ``record(i)`` is the sample's JSON (labels, boxes)."""
+class _ShardMembers(Dataset):
+    """Map-style dataset over one member per item, read by offset: ``ids`` and ``loc``
+    (``[n, 3]`` int64 rows ``shard, offset, size``) are given by the subclass."""
 
-    def __init__(self, root: str | Path, transform=None):
-        self.info = root if isinstance(root, ShardInfo) else ShardInfo(root)
-        self.transform = transform
-        s = self.info.samples
+    def __init__(self, info: ShardInfo, transform, ids: list[str], loc: np.ndarray):
+        self.info, self.transform = info, transform
         self.image_size = self.info.image_size
-        self._ids = s["id"].astype(str).tolist()
-        self._loc = s[["shard", "image_off", "image_size"]].to_numpy(np.int64)
-        self._jloc = s[["shard", "json_off", "json_size"]].to_numpy(np.int64)
+        self._ids, self._loc = ids, loc
         self._r = _Reader(self.info)
 
     def __len__(self) -> int:
@@ -448,10 +474,6 @@ class ShardImageDataset(Dataset):
         sh, off, size = self._loc[index]
         return _decode(self._r.read(int(sh), int(off), int(size)), self.info.ext, self.info.bit_depth)
 
-    def record(self, index: int) -> dict:
-        sh, off, size = self._jloc[index]
-        return json.loads(self._r.read(int(sh), int(off), int(size)))
-
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if not 0 <= index < len(self):
@@ -459,7 +481,23 @@ class ShardImageDataset(Dataset):
         return {"image": _apply(self.transform, self.resized(index)), "id": self._ids[index], "index": index}
 
 
-class ShardPatchDataset(Dataset):
+class ShardImageDataset(_ShardMembers):
+    """Whole images from shards: item ``i`` -> ``{"image": [1, S, S], "id", "index"}`` (like
+    :class:`leader.patches.ImageDataset`). ``record(i)`` is the sample's JSON (labels, boxes)."""
+
+    def __init__(self, root: str | Path, transform=None):
+        info = root if isinstance(root, ShardInfo) else ShardInfo(root)
+        s = info.samples
+        super().__init__(info, transform, s["id"].astype(str).tolist(),
+                         s[["shard", "image_off", "image_size"]].to_numpy(np.int64))
+        self._jloc = s[["shard", "json_off", "json_size"]].to_numpy(np.int64)
+
+    def record(self, index: int) -> dict:
+        sh, off, size = self._jloc[index]
+        return json.loads(self._r.read(int(sh), int(off), int(size)))
+
+
+class ShardPatchDataset(_ShardMembers):
     """Patches from shards: item ``i`` -> ``{"image": [1, S, S], "id": patch_id, "index"}``.
 
     Args:
@@ -467,32 +505,13 @@ class ShardPatchDataset(Dataset):
     """
 
     def __init__(self, root: str | Path, transform=None, kinds: Sequence[str] | None = None):
-        self.info = root if isinstance(root, ShardInfo) else ShardInfo(root)
-        self.transform = transform
-        p = self.info.patches
+        info = root if isinstance(root, ShardInfo) else ShardInfo(root)
+        p = info.patches
         if kinds is not None:
             p = p[p["kind"].isin(list(kinds))]
         self.patches = p.reset_index(drop=True)
-        self.image_size = self.info.image_size
-        self._pids = self.patches["patch_id"].astype(str).tolist()
-        self._loc = self.patches[["shard", "off", "size"]].to_numpy(np.int64)
-        self._r = _Reader(self.info)
-
-    def __len__(self) -> int:
-        return len(self._pids)
-
-    def item_id(self, index: int) -> str:
-        return self._pids[index]
-
-    def resized(self, index: int) -> np.ndarray:
-        sh, off, size = self._loc[index]
-        return _decode(self._r.read(int(sh), int(off), int(size)), self.info.ext, self.info.bit_depth)
-
-    def __getitem__(self, index: int) -> dict:
-        index = int(index)
-        if not 0 <= index < len(self):
-            raise IndexError(index)
-        return {"image": _apply(self.transform, self.resized(index)), "id": self._pids[index], "index": index}
+        super().__init__(info, transform, self.patches["patch_id"].astype(str).tolist(),
+                         self.patches[["shard", "off", "size"]].to_numpy(np.int64))
 
 
 class ShardPairDataset(Dataset):
@@ -522,27 +541,18 @@ class ShardPairDataset(Dataset):
         img = _decode(self._patches._r.read(int(sh), int(off), int(size)), self.info.ext, self.info.bit_depth)
         return {"image": _apply(self.transform, img),
                 "patch": _apply(self.transform, self._patches.resized(index)),
-                "image_id": self._image_ids[index], "patch_id": self._patches._pids[index], "index": index}
+                "image_id": self._image_ids[index], "patch_id": self._patches.item_id(index), "index": index}
 
 
 # ------------------------------------------------------------------------------------ streaming
 def _tar_groups(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Stream a tar front to back, grouping members by key (WebDataset convention)."""
-    cur, group = None, {}
-    with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            base = m.name.rsplit("/", 1)[-1]
-            key, _, ext = base.partition(".")
-            data = tar.extractfile(m).read()
-            if key != cur and cur is not None:
-                yield cur, group
-                group = {}
-            cur = key
-            group[ext] = data
-    if cur is not None:
-        yield cur, group
+    """Stream a tar front to back, members grouped by key: ``webdataset``'s tar iterator and
+    ``group_by_keys`` (key = name up to the first dot, extension = the rest)."""
+    from webdataset.tariterators import group_by_keys, tar_file_expander  # noqa: PLC0415
+
+    with open(path, "rb") as fh:
+        for sample in group_by_keys(tar_file_expander([{"url": str(path), "stream": fh}])):
+            yield sample["__key__"], sample
 
 
 def _shuffled(it: Iterator, size: int, rng: np.random.Generator) -> Iterator:

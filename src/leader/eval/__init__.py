@@ -7,7 +7,8 @@ module                 contents
 ``anatomy``            kNN accuracy, silhouette, seeded t-SNE + plot
 ``metrics``            AUC per class / macro (undefined classes excluded with a warning),
                        multi-class AUC, Dice, IoU, NMI of k-means
-``stats``              mean ± std over seeds, two-sample t-test, Table-2-style tables
+``stats``              mean ± std over seeds, t-tests (two-sample, paired), Wilcoxon,
+                       bootstrap intervals (SciPy), Table-2-style tables
 ``features``           representations from a student checkpoint, a teacher, any timm model
                        or an embedding store
 ``data``               splits by patient, label fractions, landmark sources, lung masks

@@ -3,8 +3,20 @@
 CXR Foundation (the paper's disease expert, §4) runs only as Google's service / TensorFlow
 model, so its embeddings are produced with Google's own tooling and then imported here;
 training distils them through :class:`~leader.teachers.EmbeddingStoreTeacher`
-(``--teacher disease=STORE``). TensorFlow is *not* needed: TFRecord framing and the
-``tf.train.Example`` protobuf are parsed by the small readers below.
+(``--teacher disease=STORE``). TensorFlow is *not* needed: ``tf.train.Example`` is decoded by
+``protobuf`` with the compiled schema the ``tfrecord`` package ships (``tfrecord.example_pb2``),
+and checksums are the ``crc32c`` package's (hardware CRC-32C).
+
+The TFRecord *framing* (``length | crc | data | crc``, 30 lines) stays ours, because
+``tfrecord.reader.tfrecord_iterator`` (tfrecord 1.14.6) does not do what an import needs: it
+reads both CRCs and never checks them (a record with a flipped data byte is returned without an
+error), a truncated file raises a bare ``RuntimeError("Failed to read the record.")`` that names
+neither file nor record, GZIP must be named by the caller, and every record it yields is a view
+of one reused buffer (``list(tfrecord_iterator(f))`` holds the last record N times). Ours checks
+both CRCs, names file, record and byte offset (:class:`TFRecordError`), and detects GZIP.
+Measured against the hand-written code this replaced (2-core VM, 2026-12-07, median of 7): CRC-32C
+of a 352 KB record (one ELIXR-C embedding) 0.013 ms vs 4.4 ms; parsing that ``Example`` 0.040 ms
+vs 0.139 ms.
 
 What Google's tooling writes (``cxr_foundation.inference.generate_embeddings``): one file per
 input image, named after the image file's stem, with the embedding **flattened** to 1-D:
@@ -74,80 +86,14 @@ class TFRecordError(ValueError):
 
 
 # ============================================================================ CRC-32C
-_POLY = 0x82F63B78  # Castagnoli, reflected
-
-
-def _make_table() -> list[int]:
-    table = []
-    for n in range(256):
-        c = n
-        for _ in range(8):
-            c = (c >> 1) ^ _POLY if c & 1 else c >> 1
-        table.append(c)
-    return table
-
-
-_TABLE = _make_table()
-_TABLE_NP = np.array(_TABLE, dtype=np.uint32)
-
-
-def _crc32c_py(data: bytes) -> int:
-    crc = 0xFFFFFFFF
-    t = _TABLE
-    for b in data:
-        crc = t[(crc ^ b) & 0xFF] ^ (crc >> 8)
-    return crc ^ 0xFFFFFFFF
-
-
-@functools.lru_cache(maxsize=16)
-def _zero_shift_tables(length: int) -> tuple[list[int], ...]:
-    """Tables of the linear map "feed ``length`` zero bytes" on a raw CRC register, per register byte."""
-    basis = np.array([1 << i for i in range(32)], dtype=np.uint32)
-    for _ in range(length):
-        basis = _TABLE_NP[basis & 0xFF] ^ (basis >> 8)
-    images = [int(v) for v in basis]
-    tables = []
-    for k in range(4):
-        t = [0] * 256
-        for b in range(1, 256):
-            low = b & -b
-            t[b] = t[b ^ low] ^ images[8 * k + low.bit_length() - 1]
-        tables.append(t)
-    return tuple(tables)
-
-
-def _crc32c_np(data: bytes) -> int:
-    """CRC-32C of long buffers: chunks processed in parallel with numpy, then combined.
-
-    Uses two CRC identities: (1) the all-ones initial register equals complementing the first
-    four message bytes with a zero register, and leading zero bytes leave a zero register at
-    zero, so the message can be front-padded to ``K × L`` bytes; (2) the zero-initialised CRC
-    is linear: ``raw(A ‖ B) = shift_len(B)(raw(A)) ⊕ raw(B)``.
-    """
-    n = len(data)
-    buf = np.frombuffer(data, dtype=np.uint8).copy()
-    buf[:4] ^= 0xFF
-    length = 1 << max(6, (int(np.sqrt(n)) - 1).bit_length())
-    k = -(-n // length)
-    padded = np.zeros(k * length, dtype=np.uint8)
-    padded[k * length - n:] = buf
-    cols = np.ascontiguousarray(padded.reshape(k, length).T).astype(np.uint32)
-    state = np.zeros(k, dtype=np.uint32)
-    for j in range(length):
-        state = _TABLE_NP[(state ^ cols[j]) & 0xFF] ^ (state >> 8)
-    z0, z1, z2, z3 = _zero_shift_tables(length)
-    crc = 0
-    for s in state.tolist():
-        crc = z0[crc & 0xFF] ^ z1[(crc >> 8) & 0xFF] ^ z2[(crc >> 16) & 0xFF] ^ z3[crc >> 24] ^ s
-    return crc ^ 0xFFFFFFFF
-
-
 def crc32c(data: bytes | bytearray | memoryview) -> int:
-    """CRC-32C (Castagnoli) of ``data``, as used by TFRecord (``crc32c(b"123456789") == 0xE3069283``)."""
-    data = bytes(data)
-    if len(data) < 16384:
-        return _crc32c_py(data)
-    return _crc32c_np(data)
+    """CRC-32C (Castagnoli) of ``data``, as used by TFRecord (``crc32c(b"123456789") == 0xE3069283``).
+
+    The ``crc32c`` package (SSE4.2 / ARMv8 instructions, a software table where absent).
+    """
+    import crc32c as _crc32c  # noqa: PLC0415
+
+    return int(_crc32c.crc32c(data))
 
 
 def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
@@ -160,7 +106,8 @@ def masked_crc32c(data: bytes | bytearray | memoryview) -> int:
 def _tfrecord_frames(path: Path, verify: bool, read_data: bool) -> Iterator[tuple[int, int, bytes | None]]:
     """Yield ``(record index, data offset, data or None)``; each record is
     ``uint64 length | uint32 masked_crc(length) | data | uint32 masked_crc(data)`` (little-endian).
-    GZIP-compressed files (``TFRecordOptions(compression_type="GZIP")``) are read transparently."""
+    GZIP-compressed files (``TFRecordOptions(compression_type="GZIP")``) are read transparently.
+    Our own loop, not ``tfrecord.reader.tfrecord_iterator``: see the module docstring."""
     with open(path, "rb") as probe:
         gz = probe.read(2) == b"\x1f\x8b"
     with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
@@ -193,10 +140,10 @@ def _tfrecord_frames(path: Path, verify: bool, read_data: bool) -> Iterator[tupl
 
 
 def iter_tfrecord(path: str | os.PathLike, verify: bool = True) -> Iterator[bytes]:
-    """Yield the serialized records of a (non-compressed) TFRecord file, checking both CRCs.
+    """Yield the serialized records of a TFRecord file (plain or GZIP), checking both CRCs.
 
     Raises:
-        TFRecordError: truncated file or CRC mismatch (names the record and byte offset).
+        TFRecordError: truncated file or CRC mismatch (names the file, record and byte offset).
     """
     for _i, _o, data in _tfrecord_frames(Path(path), verify, True):
         yield data  # type: ignore[misc]
@@ -209,88 +156,24 @@ def _count_records(path: Path) -> int:
     return n
 
 
-# ============================================================================ protobuf (wire format)
-def _varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise ValueError("truncated varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("varint too long")
+# ============================================================================ tf.train.Example (protobuf)
+@functools.lru_cache(maxsize=1)
+def _example_type() -> type:
+    """The ``tf.train.Example`` message class: the compiled ``example_pb2`` of the ``tfrecord``
+    package, or -- where TensorFlow already put its own ``tensorflow.Example`` into protobuf's
+    default pool, which then refuses a second definition -- the class of that one."""
+    try:
+        from tfrecord import example_pb2  # noqa: PLC0415
+    except TypeError:  # "duplicate symbol 'tensorflow.BytesList'": TensorFlow's protos are loaded
+        from google.protobuf import descriptor_pool, message_factory  # noqa: PLC0415
 
-
-def _fields(buf: bytes) -> Iterator[tuple[int, int, Any]]:
-    """Yield ``(field number, wire type, value)``; LEN values are bytes, others ints."""
-    pos, n = 0, len(buf)
-    while pos < n:
-        tag, pos = _varint(buf, pos)
-        number, wire = tag >> 3, tag & 7
-        if wire == 0:
-            value, pos = _varint(buf, pos)
-        elif wire == 1:
-            if pos + 8 > n:
-                raise ValueError("truncated fixed64")
-            value, pos = buf[pos:pos + 8], pos + 8
-        elif wire == 2:
-            size, pos = _varint(buf, pos)
-            if pos + size > n:
-                raise ValueError("truncated length-delimited field")
-            value, pos = buf[pos:pos + size], pos + size
-        elif wire == 5:
-            if pos + 4 > n:
-                raise ValueError("truncated fixed32")
-            value, pos = buf[pos:pos + 4], pos + 4
-        else:
-            raise ValueError(f"unsupported wire type {wire} (field {number})")
-        yield number, wire, value
-
-
-def _parse_feature(buf: bytes) -> Any:
-    """``Feature { oneof { BytesList bytes_list = 1; FloatList float_list = 2; Int64List int64_list = 3; } }``."""
-    result: Any = None
-    for number, wire, value in _fields(buf):
-        if wire != 2:
-            continue
-        if number == 1:  # BytesList { repeated bytes value = 1; }
-            result = [bytes(v) for n, w, v in _fields(value) if n == 1 and w == 2]
-        elif number == 2:  # FloatList { repeated float value = 1 [packed]; }
-            parts = []
-            for n, w, v in _fields(value):
-                if n != 1:
-                    continue
-                if w == 2:
-                    if len(v) % 4:
-                        raise ValueError("packed float list length is not a multiple of 4")
-                    parts.append(np.frombuffer(v, dtype="<f4"))
-                elif w == 5:
-                    parts.append(np.frombuffer(v, dtype="<f4"))
-            result = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-        elif number == 3:  # Int64List { repeated int64 value = 1 [packed]; }
-            vals: list[int] = []
-            for n, w, v in _fields(value):
-                if n != 1:
-                    continue
-                if w == 2:
-                    p = 0
-                    while p < len(v):
-                        x, p = _varint(v, p)
-                        vals.append(x)
-                elif w == 0:
-                    vals.append(v)
-            result = np.array([x - (1 << 64) if x >= 1 << 63 else x for x in vals], dtype=np.int64)
-    return result
+        desc = descriptor_pool.Default().FindMessageTypeByName("tensorflow.Example")
+        return message_factory.GetMessageClass(desc)
+    return example_pb2.Example
 
 
 def parse_example(data: bytes) -> dict[str, Any]:
-    """Parse a serialized ``tf.train.Example``.
-
-    ``Example { Features features = 1; }``, ``Features { map<string, Feature> feature = 1; }``.
+    """Parse a serialized ``tf.train.Example`` (protobuf, through the ``tfrecord`` package's schema).
 
     Returns:
         ``{name: value}`` with float lists as ``np.float32 [n]``, int64 lists as
@@ -299,22 +182,32 @@ def parse_example(data: bytes) -> dict[str, Any]:
     Raises:
         ValueError: malformed protobuf.
     """
+    from google.protobuf.message import DecodeError  # noqa: PLC0415
+
+    try:
+        ex = _example_type().FromString(bytes(data))
+    except DecodeError as exc:
+        raise ValueError(f"malformed tf.train.Example ({exc})") from exc
     out: dict[str, Any] = {}
-    for number, wire, features in _fields(data):
-        if number != 1 or wire != 2:
-            continue
-        for n, w, entry in _fields(features):
-            if n != 1 or w != 2:
-                continue
-            key, value = None, b""
-            for en, ew, ev in _fields(entry):
-                if en == 1 and ew == 2:
-                    key = bytes(ev).decode("utf-8")
-                elif en == 2 and ew == 2:
-                    value = ev
-            if key is not None:
-                out[key] = _parse_feature(value)
+    for name, feature in ex.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        if kind == "bytes_list":
+            out[name] = list(feature.bytes_list.value)
+        elif kind == "float_list":
+            out[name] = np.array(feature.float_list.value, dtype=np.float32)
+        elif kind == "int64_list":
+            out[name] = np.array(feature.int64_list.value, dtype=np.int64)
+        else:
+            out[name] = None
     return out
+
+
+def _parse_record(data: bytes, path: Path, index: int) -> dict[str, Any]:
+    """:func:`parse_example` whose error names the file and record."""
+    try:
+        return parse_example(data)
+    except ValueError as exc:
+        raise ValueError(f"{path}: record {index}: {exc}") from exc
 
 
 # ============================================================================ formats
@@ -474,7 +367,7 @@ def _plan(files: Sequence[Path]) -> list[_Entry]:
                 entries.append(_Entry(f.stem, f, ("tf", 0)))
             else:
                 for i, data in enumerate(iter_tfrecord(f)):
-                    entries.append(_Entry(_record_key(parse_example(data), f, i), f, ("tf", i)))
+                    entries.append(_Entry(_record_key(_parse_record(data, f, i), f, i), f, ("tf", i)))
     return entries
 
 
@@ -507,7 +400,7 @@ def _load_values(entries: Sequence[_Entry]) -> Iterator[tuple[_Entry, np.ndarray
                 e = wanted.get(i)
                 if e is None:
                     continue
-                feats = parse_example(data)
+                feats = _parse_record(data, f, i)
                 emb = feats.get("embedding")
                 if not isinstance(emb, np.ndarray) or emb.dtype != np.float32:
                     raise ValueError(
