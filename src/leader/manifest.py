@@ -827,7 +827,12 @@ def make_manifest(records: Sequence[Mapping[str, Any]]) -> Manifest:
         df = df.astype({"width": "Int64", "height": "Int64", "pixel_spacing": "float64", "normal": bool})
     for n in label_names:
         df[LABEL_PREFIX + n] = df[LABEL_PREFIX + n].astype(np.float64).astype(np.float32)
-    # keep list/array cells as Python objects even when pandas would try to expand them
+    # keep list/array cells as Python objects even when pandas would try to expand them, and
+    # None (unknown) in extra string columns as None
+    for c in extras:
+        vals = [row.get(c) for row in rows]
+        if any(v is None for v in vals) or any(isinstance(v, (list, tuple, dict)) for v in vals):
+            df[c] = pd.Series(vals, index=df.index, dtype=object)
     df["boxes"] = pd.Series([row["boxes"] for row in rows], index=df.index, dtype=object)
     df["landmarks"] = pd.Series([row["landmarks"] for row in rows], index=df.index, dtype=object)
     return Manifest(df)

@@ -631,6 +631,8 @@ def table_manifest(
             add[name] = pd.Series(v, dtype=object)
         elif np.ndim(v) == 0:
             add[name] = np.full(n, v, dtype=object if isinstance(v, str) else None)
+        elif isinstance(v, np.ndarray) and v.dtype == object and any(x is None for x in v.tolist()):
+            add[name] = pd.Series(v, index=df.index, dtype=object)  # keep None (unknown), not NaN
         else:
             add[name] = v
     if add:
