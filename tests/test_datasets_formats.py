@@ -13,11 +13,11 @@ import pytest
 from PIL import Image
 
 import leader.datasets._common as common
-from leader.datasets import (MissingFileWarning, UnreadableRowWarning, detect_dataset, harmonise, index_root,
-                             read_chestx_det, read_covidx, read_dataset, read_jsrt, read_nih, read_node21,
-                             read_padchest, read_shenzhen, read_tbx11k)
+from leader.datasets import (MissingFileWarning, UnreadableRowWarning, collect_skipped, detect_dataset, harmonise,
+                             index_root, parse_covidx_line, read_chestx_det, read_covidx, read_dataset, read_jsrt,
+                             read_nih, read_node21, read_padchest, read_shenzhen, read_tbx11k)
 from leader.errors import BoxError, ManifestError
-from leader.manifest import Box
+from leader.manifest import Box, Manifest
 
 
 def _png(path: Path, w: int, h: int, bits: int = 8) -> Path:
@@ -173,6 +173,48 @@ def test_covidx_errors_and_files(tmp_path):
     with pytest.warns(MissingFileWarning, match="covidx/b"):
         m = read_covidx(root)
     assert m.ids == ["covidx/a"] and m.df["width"].iloc[0] == 30
+
+
+def test_covidx_fields_parsed_from_the_end(tmp_path):
+    # the patient id may contain spaces; source is the last field when present, else None
+    assert parse_covidx_line("COVID 2 COVID(2).png COVID-19 sirm") == ("COVID 2", "COVID(2).png", "COVID-19", "sirm")
+    assert parse_covidx_line("COVID  2 COVID(2).png COVID-19") == ("COVID  2", "COVID(2).png", "COVID-19", None)
+    assert parse_covidx_line("p1 a.png normal") == ("p1", "a.png", "normal", None)
+    with pytest.raises(ValueError, match="unknown class 'influenza'"):
+        parse_covidx_line("p1 a.png influenza")
+    root = tmp_path / "cx"
+    root.mkdir()
+    (root / "train.txt").write_text("COVID 2 COVID(2).png COVID-19 sirm\n\nCOVID 3 COVID(3).png COVID-19\n"
+                                    "p4 n4.png normal rsna\n")
+    (root / "test.txt").write_text("COVID 2 c2b.png COVID-19 sirm\n")
+    assert detect_dataset(root) == "covidx"
+    m = read_covidx(root, check_files=False)
+    assert m.df["patient_id"].tolist() == ["COVID 2", "COVID 3", "p4", "COVID 2"]
+    assert m.ids == ["covidx/COVID(2)", "covidx/COVID(3)", "covidx/n4", "covidx/c2b"]
+    assert m.df["source"].tolist() == ["sirm", None, "rsna", "sirm"]  # absent source: unknown
+    assert m.df["covidx_class"].tolist() == ["covid-19", "covid-19", "normal", "covid-19"]
+    # a listed image that is missing is reported with the split file's line
+    _png(root / "train" / "COVID(2).png", 8, 8)
+    _png(root / "train" / "n4.png", 8, 8)
+    _png(root / "test" / "c2b.png", 8, 8)
+    with collect_skipped() as log, pytest.warns(MissingFileWarning, match=r"covidx/COVID\(3\) \(.*train.txt: line 3\)"):
+        m = read_covidx(root)
+    assert len(m) == 3 and log[0].id == "covidx/COVID(3)" and "train.txt: line 3" in log[0].message
+    m.save(tmp_path / "cx.parquet")
+    assert Manifest.load(tmp_path / "cx.parquet").df["source"].tolist() == ["sirm", "rsna", "sirm"]
+    m2 = read_covidx(root, metadata=[root / "train.txt"], check_files=False)
+    m2.save(tmp_path / "cx2.parquet")
+    assert Manifest.load(tmp_path / "cx2.parquet").df["source"].isna().tolist() == [False, True, False]
+
+
+def test_tbx11k_list_paths_with_spaces(tmp_path, real_pack):
+    root = tmp_path / "tbx"
+    _png(root / "imgs" / "sick" / "s 0001.png", 64, 64)
+    (root / "lists").mkdir()
+    (root / "lists" / "TBX11K_val.txt").write_text("sick/s 0001.png\n")
+    (root / "lists" / "extra_train.txt").write_text("imgs/sick/s 0001.png 0\n")
+    m = read_tbx11k(root, include_unlisted=False)
+    assert m.ids == ["tbx11k/s 0001"] and m.df["split"].tolist() == ["val"]
 
 
 # ----------------------------------------------------------------- Shenzhen / Montgomery

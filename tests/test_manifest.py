@@ -282,3 +282,97 @@ def test_load_corrupt_names_file(tmp_path):
     p.write_bytes(b"not parquet")
     with pytest.raises(ManifestError, match="bad.parquet"):
         Manifest.load(p)
+
+
+# ------------------------------------------------------------------ label gaps (issue 13)
+
+
+def _two_sources():
+    a = make_manifest([{"id": "nih/a", "path": "a.png", "dataset": "nih", "labels": {"Nodule": 1, "Mass": 0}},
+                       {"id": "nih/b", "path": "b.png", "dataset": "nih", "labels": {"Nodule": 0, "Mass": 0}}])
+    c = make_manifest([{"id": "cov/c", "path": "c.png", "dataset": "cov", "labels": {"COVID-19": 1}}])
+    return a, c
+
+
+def test_concat_warns_once_naming_columns_and_sources():
+    import warnings
+
+    from leader.manifest import LabelGapWarning
+
+    a, c = _two_sources()
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        m = Manifest.concat([a, c])
+    gaps = [w for w in rec if issubclass(w.category, LabelGapWarning)]
+    assert len(gaps) == 1
+    msg = str(gaps[0].message)
+    assert msg == ("Manifest.concat: label(s) not annotated by a source are unknown (NaN) for its rows: "
+                   "nih (2 rows) lacks 'COVID-19'; cov (1 rows) lacks 'Nodule', 'Mass'")
+    # one line, and no source-code line when printed
+    text = warnings.formatwarning(gaps[0].message, gaps[0].category, gaps[0].filename, gaps[0].lineno)
+    assert text.count("\n") == 1
+    # the result itself is unchanged: unknown = NaN
+    y = m.labels_array(warn_gaps=False)
+    assert np.isnan(y[2, :2]).all() and np.isnan(y[:2, 2]).all()
+    assert m.label_gaps().values.tolist() == [["nih", "COVID-19", 2], ["cov", "Nodule", 1], ["cov", "Mass", 1]]
+
+
+def test_labels_array_warns_for_a_column_a_source_lacks():
+    from leader.manifest import LabelGapWarning
+
+    a, _ = _two_sources()
+    with pytest.warns(LabelGapWarning, match=r"labels_array: .*nih \(2 rows\) lacks 'Effusion'"):
+        y = a.labels_array(["Nodule", "Effusion"])
+    assert np.isnan(y[:, 1]).all() and y[:, 0].tolist() == [1, 0]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a.labels_array()  # every label known for every row: no warning
+        a.labels_array(["Effusion"], warn_gaps=False)
+    # a column present but NaN for all rows of one source is a gap too
+    df = a.df.copy()
+    df["label:Mass"] = np.float32(np.nan)
+    assert Manifest(df).label_gaps().values.tolist() == [["nih", "Mass", 2]]
+
+
+# ------------------------------------------------------------------ anatomy boxes, report
+
+
+def test_anatomy_boxes_validated_and_round_trip(tmp_path):
+    recs = [{"id": "c/a", "path": "a.png", "width": 100, "height": 80,
+             "anatomy_boxes": [Box(5, 5, 40, 70, "right lung")]},
+            {"id": "c/b", "path": "b.png", "width": 100, "height": 80, "anatomy_boxes": None}]
+    m = make_manifest(recs)
+    assert m.anatomy_boxes(0) == [Box(5, 5, 40, 70, "right lung")] and m.anatomy_boxes(1) is None
+    assert m.boxes(0) == []
+    m.save(tmp_path / "m.parquet")
+    r = Manifest.load(tmp_path / "m.parquet")
+    assert r.anatomy_boxes(0) == m.anatomy_boxes(0) and r.anatomy_boxes(1) is None
+    recs[0]["anatomy_boxes"] = [Box(150, 5, 190, 70, "left lung")]
+    with pytest.raises(BoxError, match=r"c/a: anatomy_boxes box .* lies entirely outside the 100x80 image"):
+        make_manifest(recs)
+
+
+def test_skip_report_one_format_for_index_and_training_items():
+    from leader.datasets import SkippedItem, collect_skipped, skip_report
+    from leader.datasets._common import record_note
+
+    with collect_skipped() as outer:
+        with collect_skipped() as log:
+            record_note("duplicate row", "cov", "x.png listed twice", file="x.png")
+        outer.append(SkippedItem("nih/b", "/b.png", "nih", "missing file", "/b.png: image file not found"))
+    rep = skip_report(outer, "raise")
+    assert rep["count"] == 1 and rep["occurrences"] == 1 and rep["counts_by_reason"] == {"missing file": 1}
+    assert rep["notes"] == [{"kind": "duplicate row", "dataset": "cov", "message": "x.png listed twice",
+                             "data": {"file": "x.png"}}] and rep["counts_by_note"] == {"duplicate row": 1}
+    assert len(log.notes) == 1  # nested collectors pass notes outwards
+    # training items (dicts with stage / epoch; one id per epoch): sorted, counted by error class
+    items = [{"id": "b", "reason": "ImageReadError: x", "stage": 1, "epoch": 1},
+             {"id": "b", "reason": "ImageReadError: x", "stage": 1, "epoch": 0},
+             {"id": "a", "reason": "BoxError: y", "stage": 1, "epoch": 0}]
+    t = skip_report(items, "skip")
+    assert t["count"] == 2 and t["occurrences"] == 3
+    assert t["counts_by_reason"] == {"ImageReadError": 2, "BoxError": 1}
+    assert [(i["epoch"], i["id"]) for i in t["items"]] == [(0, "a"), (0, "b"), (1, "b")]
+    assert t["notes"] == []

@@ -21,6 +21,19 @@ column             dtype in ``Manifest.df``                    meaning
 ``label:<Name>``   float32                                     1 / 0 / NaN (unknown)
 =================  ==========================================  ==========================================
 
+Optional columns with a fixed meaning (validated when present, see ``docs/ARCHITECTURE.md``):
+
+===================  ========================================  ===========================================
+``anatomy_boxes``    object: ``list[dict]`` or None             anatomy boxes (``right lung``, ``left
+                                                                lung``), same dict form and frame as
+                                                                ``boxes``; None = not annotated
+``lung_mask``        str or None                                manual lung mask file (binary image)
+``pneumothorax_rle`` object: ``list[str]`` or None              SIIM-ACR run-length encodings
+===================  ========================================  ===========================================
+
+``boxes`` holds **disease** boxes only: patches are cut around them. Anatomy boxes never go
+there.
+
 All coordinates (boxes, landmarks) are in pixels of the *stored* image (the file at
 ``path``), x = column, y = row, origin at the top-left corner of the top-left pixel.
 Box coordinates are half-open in spirit: ``x1 - x0`` is the box width in pixels.
@@ -47,6 +60,7 @@ from leader.errors import BoxError, ManifestError
 
 __all__ = [
     "Box",
+    "LabelGapWarning",
     "Manifest",
     "make_manifest",
     "LABEL_PREFIX",
@@ -79,6 +93,36 @@ CORE_COLUMNS: tuple[str, ...] = (
 VIEWS: tuple[str, ...] = ("PA", "AP", "LATERAL", "UNKNOWN")
 
 _STR_COLUMNS = ("id", "path", "dataset", "split", "patient_id", "view", "landmark_scheme")
+
+#: Optional box columns (validated like ``boxes``; None = not annotated).
+BOX_COLUMNS: tuple[str, ...] = ("boxes", "anatomy_boxes")
+
+
+class LabelGapWarning(UserWarning):
+    """A label column is unknown (NaN) for every row of a source dataset because that
+    dataset does not annotate it (the result is correct, but silent NaN columns are easy
+    to miss). The message names the labels and the datasets."""
+
+
+_GAP_REGISTRY: dict = {}
+
+
+def _warn_gaps(gaps: "pd.DataFrame", what: str) -> None:
+    """One :class:`LabelGapWarning` line for the ``(dataset, label, rows)`` table ``gaps``
+    (no source-code line: issued with :func:`warnings.warn_explicit`); identical messages
+    are shown once per process under the default warning filter."""
+    import warnings
+
+    if not len(gaps):
+        return
+    parts = []
+    for ds, g in gaps.groupby("dataset", sort=False):
+        labels = g["label"].tolist()
+        shown = ", ".join(repr(x) for x in labels[:8]) + (f", ... (+{len(labels) - 8} more)" if len(labels) > 8 else "")
+        parts.append(f"{ds} ({int(g['rows'].iloc[0])} rows) lacks {shown}")
+    msg = f"{what}: label(s) not annotated by a source are unknown (NaN) for its rows: " + "; ".join(parts)
+    warnings.warn_explicit(msg, LabelGapWarning, "leader.manifest", 0, module="leader.manifest",
+                           registry=_GAP_REGISTRY)
 
 
 # --------------------------------------------------------------------------------------
@@ -170,8 +214,64 @@ class Box:
     def xywh(self) -> tuple[float, float, float, float]:
         return (self.x0, self.y0, self.x1 - self.x0, self.y1 - self.y0)
 
+    def to_mm(self, spacing: float | tuple[float, float]) -> "Box":
+        """The box in millimetres from the image's top-left corner.
+
+        ``spacing``: mm per stored pixel, one number for square pixels or ``(row_mm,
+        col_mm)`` (DICOM ``PixelSpacing`` order); x is scaled by the column spacing and y by
+        the row spacing. The result is a :class:`Box` whose coordinates are mm.
+
+        Raises:
+            ValueError: a spacing that is not a positive finite number.
+        """
+        if isinstance(spacing, (tuple, list, np.ndarray)):
+            row_mm, col_mm = (float(v) for v in spacing)
+        else:
+            row_mm = col_mm = float(spacing)
+        if not all(math.isfinite(v) and v > 0 for v in (row_mm, col_mm)):
+            raise ValueError(f"pixel spacing must be positive mm, got {spacing!r}")
+        return Box(self.x0 * col_mm, self.y0 * row_mm, self.x1 * col_mm, self.y1 * row_mm, self.label)
+
     def to_dict(self) -> dict[str, Any]:
         return {"x0": self.x0, "y0": self.y0, "x1": self.x1, "y1": self.y1, "label": self.label}
+
+
+def _validated_boxes(df: pd.DataFrame, column: str, allow_none: bool) -> pd.Series:
+    """The ``column`` cells as lists of box dicts (None kept when ``allow_none``), each box
+    checked to be finite, of positive area and not entirely outside an image of known size."""
+    widths = df["width"].to_numpy(dtype=np.float64, na_value=np.nan)
+    heights = df["height"].to_numpy(dtype=np.float64, na_value=np.nan)
+    ids = df["id"].tolist()
+    out: list = []
+    what = "boxes" if column == "boxes" else column
+    for i, bl in enumerate(df[column].tolist()):
+        if bl is None or (isinstance(bl, float) and math.isnan(bl)):
+            out.append(None if allow_none else [])
+            continue
+        if type(bl) is list and not bl:
+            out.append([])
+            continue
+        if isinstance(bl, (str, bytes, Mapping, Box)):
+            raise ManifestError(f"{what} of {ids[i]!r} must be a list of boxes, got {type(bl).__name__}")
+        lst = []
+        for b in bl:
+            try:
+                box = _as_box(b)
+            except BoxError as e:
+                raise BoxError(f"{ids[i]}: {e}") from None
+            except (KeyError, TypeError) as e:
+                raise BoxError(f"{ids[i]}: malformed box {b!r}: {e}") from None
+            w, h = widths[i], heights[i]
+            if (not math.isnan(w) and (box.x0 >= w or box.x1 <= 0)) or (
+                not math.isnan(h) and (box.y0 >= h or box.y1 <= 0)
+            ):
+                raise BoxError(
+                    f"{ids[i]}: {'box' if column == 'boxes' else column + ' box'} {box._describe()} lies entirely "
+                    f"outside the {int(w) if not math.isnan(w) else '?'}x{int(h) if not math.isnan(h) else '?'} image"
+                )
+            lst.append(box.to_dict())
+        out.append(lst)
+    return pd.Series(out, index=df.index, dtype=object)
 
 
 def _as_box(b: Any) -> Box:
@@ -328,38 +428,13 @@ class Manifest:
                 )
             df[c] = arr.astype(np.float32)
 
-        # boxes
-        widths = df["width"].to_numpy(dtype=np.float64, na_value=np.nan)
-        heights = df["height"].to_numpy(dtype=np.float64, na_value=np.nan)
-        ids = df["id"].tolist()
-        out_boxes: list[list[dict]] = []
-        for i, bl in enumerate(df["boxes"].tolist()):
-            if bl is None or (type(bl) is list and not bl) or (isinstance(bl, float) and math.isnan(bl)):
-                out_boxes.append([])
-                continue
-            if isinstance(bl, (str, bytes, Mapping, Box)):
-                raise ManifestError(f"boxes of {ids[i]!r} must be a list of boxes, got {type(bl).__name__}")
-            lst = []
-            for b in bl:
-                try:
-                    box = _as_box(b)
-                except BoxError as e:
-                    raise BoxError(f"{ids[i]}: {e}") from None
-                except (KeyError, TypeError) as e:
-                    raise BoxError(f"{ids[i]}: malformed box {b!r}: {e}") from None
-                w, h = widths[i], heights[i]
-                if (not math.isnan(w) and (box.x0 >= w or box.x1 <= 0)) or (
-                    not math.isnan(h) and (box.y0 >= h or box.y1 <= 0)
-                ):
-                    raise BoxError(
-                        f"{ids[i]}: box {box._describe()} lies entirely outside the "
-                        f"{int(w) if not math.isnan(w) else '?'}x{int(h) if not math.isnan(h) else '?'} image"
-                    )
-                lst.append(box.to_dict())
-            out_boxes.append(lst)
-        df["boxes"] = pd.Series(out_boxes, index=df.index, dtype=object)
+        # boxes (disease) and the optional anatomy boxes
+        for c in BOX_COLUMNS:
+            if c in df.columns:
+                df[c] = _validated_boxes(df, c, allow_none=(c != "boxes"))
 
         # landmarks
+        ids = df["id"].tolist()
         out_lm: list[np.ndarray | None] = []
         for i, lm in enumerate(df["landmarks"].tolist()):
             if lm is None or (isinstance(lm, float) and math.isnan(lm)):
@@ -400,10 +475,16 @@ class Manifest:
     def ids(self) -> list[str]:
         return self.df["id"].tolist()
 
-    def labels_array(self, names: Sequence[str] | None = None) -> np.ndarray:
+    def labels_array(self, names: Sequence[str] | None = None, *, warn_gaps: bool = True) -> np.ndarray:
         """``float32 [N, L]`` of 1 / 0 / NaN, columns in :attr:`label_names` order
-        (or in ``names`` order; a name absent from the manifest gives a NaN column)."""
+        (or in ``names`` order; a name absent from the manifest gives a NaN column).
+
+        With ``warn_gaps`` (default), one :class:`LabelGapWarning` line names the labels
+        that are unknown for every row of some dataset (:meth:`label_gaps`), e.g. a
+        ``COVID-19`` column requested from NIH rows."""
         names = self.label_names if names is None else list(names)
+        if warn_gaps:
+            _warn_gaps(self.label_gaps(names), "labels_array")
         out = np.full((len(self), len(names)), np.nan, dtype=np.float32)
         for j, n in enumerate(names):
             c = LABEL_PREFIX + n
@@ -439,6 +520,54 @@ class Manifest:
         """Boxes of row ``i`` (position), in stored-image pixels."""
         return [Box.from_dict(d) for d in self.df["boxes"].iat[self._pos(i)]]
 
+    def boxes_mm(self, i: int, column: str = "boxes") -> list[Box]:
+        """Boxes of row ``i`` in millimetres (:meth:`Box.to_mm` with the row's
+        ``pixel_spacing``, square pixels); ``column`` ``"boxes"`` or ``"anatomy_boxes"``.
+
+        Raises:
+            ManifestError: the row's pixel spacing is unknown (NaN), naming the image id.
+        """
+        k = self._pos(i)
+        sp = float(self.df["pixel_spacing"].iat[k])
+        if not math.isfinite(sp):
+            raise ManifestError(f"{self.df['id'].iat[k]}: pixel spacing unknown, boxes cannot be given in mm")
+        cell = self.df[column].iat[k] if column in self.df.columns else None
+        return [Box.from_dict(d).to_mm(sp) for d in (cell or [])]
+
+    def anatomy_boxes(self, i: int) -> list[Box] | None:
+        """Anatomy boxes of row ``i`` (stored-image pixels), or None when the row has no
+        anatomy annotation (no ``anatomy_boxes`` column or a null cell)."""
+        if "anatomy_boxes" not in self.df.columns:
+            return None
+        cell = self.df["anatomy_boxes"].iat[self._pos(i)]
+        return None if cell is None else [Box.from_dict(d) for d in cell]
+
+    def label_gaps(self, names: Sequence[str] | None = None) -> pd.DataFrame:
+        """``DataFrame(dataset, label, rows)``: each (dataset, label) pair where the label is
+        unknown (NaN, or the column is absent) for **every** row of that dataset, i.e. the
+        dataset does not annotate it; ``rows`` = the dataset's row count. ``names`` default
+        to :attr:`label_names`. Datasets in order of first appearance, labels in ``names``
+        order."""
+        names = self.label_names if names is None else list(names)
+        cols = ["dataset", "label", "rows"]
+        if not len(self) or not names:
+            return pd.DataFrame(columns=cols)
+        codes, datasets = pd.factorize(self.df["dataset"], sort=False)
+        n_ds = len(datasets)
+        rows = np.bincount(codes, minlength=n_ds)
+        out = []
+        for name in names:
+            c = LABEL_PREFIX + name
+            if c in self.df.columns:
+                known = ~np.isnan(self.df[c].to_numpy(dtype=np.float64, na_value=np.nan))
+                n_known = np.bincount(codes, weights=known, minlength=n_ds)
+            else:
+                n_known = np.zeros(n_ds)
+            for d in np.flatnonzero(n_known == 0):
+                out.append((int(d), name))
+        out.sort(key=lambda t: t[0])
+        return pd.DataFrame([(str(datasets[d]), n, int(rows[d])) for d, n in out], columns=cols)
+
     def landmarks(self, i: int) -> np.ndarray | None:
         """Landmarks of row ``i`` as ``float64 [P, 2]`` (x, y) stored-image pixels, or None."""
         a = self.df["landmarks"].iat[self._pos(i)]
@@ -473,7 +602,9 @@ class Manifest:
     @classmethod
     def concat(cls, manifests: Iterable["Manifest"]) -> "Manifest":
         """Stack manifests. Label columns are the union (in order of first appearance);
-        a label a manifest lacks is NaN (unknown) for its rows. Ids must stay unique."""
+        a label a manifest lacks is NaN (unknown) for its rows, and one
+        :class:`LabelGapWarning` line names those labels and datasets. Ids must stay
+        unique."""
         ms = list(manifests)
         if not ms:
             return make_manifest([])
@@ -500,7 +631,17 @@ class Manifest:
         df = pd.concat(frames, ignore_index=True)
         for c in labels:
             df[c] = df[c].astype(np.float32)
-        return cls(df)
+        out = cls(df)
+        gaps = []
+        for m in ms:  # labels a part lacks entirely (column absent): unknown for all its rows
+            have = set(m.label_columns)
+            for ds, n in m.df["dataset"].value_counts(sort=False).items():
+                gaps += [(ds, c[len(LABEL_PREFIX):], int(n)) for c in labels if c not in have]
+        if gaps:
+            g = pd.DataFrame(gaps, columns=["dataset", "label", "rows"])
+            g = g.groupby(["dataset", "label"], sort=False, as_index=False)["rows"].sum()
+            _warn_gaps(g, "Manifest.concat")
+        return out
 
     # -- persistence ------------------------------------------------------------------
     def _arrow_table(self):
@@ -535,6 +676,9 @@ class Manifest:
             add(c, pa.array(df[c].to_numpy(dtype=np.float32), type=pa.float32()))
         for c in df.columns:
             if c in CORE_COLUMNS or c in self.label_columns:
+                continue
+            if c in BOX_COLUMNS:  # anatomy boxes: the same struct type, null = not annotated
+                add(c, pa.array(df[c].tolist(), type=box_type))
                 continue
             try:
                 arr = pa.array(df[c], from_pandas=True)
@@ -584,6 +728,14 @@ class Manifest:
                     [[] if b is None else [dict(d) for d in b] for b in df["boxes"].tolist()],
                     index=df.index, dtype=object,
                 )
+            for c in BOX_COLUMNS[1:]:
+                if c in df.columns:
+                    df[c] = pd.Series([None if b is None else [dict(d) for d in b] for b in df[c].tolist()],
+                                      index=df.index, dtype=object)
+            if "pneumothorax_rle" in df.columns:
+                df["pneumothorax_rle"] = pd.Series(
+                    [None if v is None else [str(x) for x in v] for v in df["pneumothorax_rle"].tolist()],
+                    index=df.index, dtype=object)
             if "landmarks" in df.columns:
                 df["landmarks"] = pd.Series(
                     [None if a is None else np.asarray(a, dtype=np.float64) for a in df["landmarks"].tolist()],
@@ -680,7 +832,12 @@ def make_manifest(records: Sequence[Mapping[str, Any]]) -> Manifest:
         df = df.astype({"width": "Int64", "height": "Int64", "pixel_spacing": "float64", "normal": bool})
     for n in label_names:
         df[LABEL_PREFIX + n] = df[LABEL_PREFIX + n].astype(np.float64).astype(np.float32)
-    # keep list/array cells as Python objects even when pandas would try to expand them
+    # keep list/array cells as Python objects even when pandas would try to expand them, and
+    # None (unknown) in extra string columns as None
+    for c in extras:
+        vals = [row.get(c) for row in rows]
+        if any(v is None for v in vals) or any(isinstance(v, (list, tuple, dict)) for v in vals):
+            df[c] = pd.Series(vals, index=df.index, dtype=object)
     df["boxes"] = pd.Series([row["boxes"] for row in rows], index=df.index, dtype=object)
     df["landmarks"] = pd.Series([row["landmarks"] for row in rows], index=df.index, dtype=object)
     return Manifest(df)

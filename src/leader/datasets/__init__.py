@@ -11,7 +11,8 @@ Every reader has the form ``read_X(root, ..., check_files=True, on_error="raise"
   (one :class:`UnreadableFileWarning` with the reasons); the default ``"raise"`` propagates
   :class:`leader.errors.ImageReadError` (fail fast). Every skipped image is recorded in the
   active :func:`collect_skipped` list (``leader data index`` writes it as
-  ``<out>.skipped.json`` with :func:`skip_report`).
+  ``<out>.skipped.json`` with :func:`skip_report`), and the index's notes (label gaps,
+  duplicate-row resolutions, ignored annotations) in its ``notes``.
 * ``check_files=False``: no image file is opened or stat'ed (folders may be listed to
   locate files); sizes come from metadata or the dataset's documented release size.
 
@@ -22,9 +23,11 @@ Registry: :data:`READERS` = ``{"nih", "tbx11k", "jsrt", "covid", "siim", "rsna",
 
 Modules: one per dataset (``nih``, ``chexpert``, ``mimic``, ``padchest``, ``vindr``,
 ``chestx_det``, ``node21``, ``covidx``, ``shenzhen`` (Shenzhen + Montgomery), ``tbx11k``,
-``jsrt``, ``covid`` (Figure1 / Actualmed), ``siim``, ``rsna``, ``generic``), plus
-``harmonise`` (shared vocabulary), ``splits`` (patient-level splits, nested label
-fractions, duplicate groups) and ``views`` (PA / AP / lateral filters).
+``jsrt``, ``covid`` (COVID-19 image data collection (``covid_ieee8023``) / Figure1 /
+Actualmed), ``siim``, ``rsna``, ``generic``), plus ``harmonise`` (shared vocabulary),
+``splits`` (patient-level splits, nested label fractions, duplicate groups), ``views`` (PA /
+AP / lateral filters), ``frames`` (published annotation frames -> stored pixels) and
+``masks`` (:func:`row_mask`: the lung / pneumothorax mask of a manifest row from any source).
 
 Harmonised label names
 ----------------------
@@ -54,7 +57,7 @@ Tuberculosis                        TBX11K: OR of the three TB categories (folde
 ActiveTuberculosis                  TBX11K category 1
 ObsoletePulmonaryTuberculosis       TBX11K category 2
 PulmonaryTuberculosis               TBX11K category 3 (no positives in train/val)
-COVID-19                            Figure1 / Actualmed finding ``COVID-19``; COVIDx
+COVID-19                            Figure1 / Actualmed / ieee8023 finding ``COVID-19``; COVIDx
 Enlarged Cardiomediastinum, Lung    CheXpert / MIMIC; Lung Opacity also VinDr and RSNA
 Opacity, Lung Lesion, Support
 Devices
@@ -71,19 +74,22 @@ TBX11K ``health`` images, COVID ``No finding``, RSNA class ``Normal``, CheXpert 
 without boxes, COVIDx ``normal`` and Shenzhen / Montgomery ``_0`` files.
 
 Dataset names (``dataset`` column / id prefix): ``nih``, ``tbx11k``, ``jsrt``,
-``covid-figure1``, ``covid-actualmed``, ``siim``, ``rsna``, ``chexpert``, ``mimic``,
+``covid-ieee8023``, ``covid-figure1``, ``covid-actualmed``, ``siim``, ``rsna``, ``chexpert``, ``mimic``,
 ``padchest``, ``vindr``, ``chestx-det``, ``node21``, ``covidx``, ``shenzhen``,
 ``montgomery``, and the folder name for :func:`read_folder`.
 """
 
 from __future__ import annotations
 
-from ._common import (MissingFileWarning, SkippedItem, UnknownLabelWarning, UnreadableFileWarning,
-                      UnreadableRowWarning, collect_skipped, skip_report)
+from ._common import (IndexNote, MissingFileWarning, SkipLog, SkippedItem, UnknownLabelWarning,
+                      UnreadableFileWarning, UnreadableRowWarning, collect_skipped, skip_report)
 from .chestx_det import CHESTX_DET_CLASSES, read_chestx_det
 from .chexpert import CHEXPERT_LABELS, read_chexpert
 from .covid import read_covid_metadata
-from .covidx import read_covidx
+from .covid_ieee8023 import IEEE8023_LABELS, ieee8023_finding_labels
+from .covidx import parse_covidx_line, read_covidx
+from .frames import ANNOTATION_FRAMES, frame_scale
+from .masks import decode_siim_rle, has_mask, mask_source, row_mask
 from .generic import read_folder
 from .harmonise import HARMONISED_LABELS, HARMONISED_MAP, harmonise
 from .jsrt import read_jsrt
@@ -101,6 +107,17 @@ from .views import filter_views, view_counts
 from .vindr import VINDR_CLASSES, read_vindr
 
 __all__ = [
+    "ANNOTATION_FRAMES",
+    "IEEE8023_LABELS",
+    "IndexNote",
+    "SkipLog",
+    "decode_siim_rle",
+    "frame_scale",
+    "has_mask",
+    "ieee8023_finding_labels",
+    "mask_source",
+    "parse_covidx_line",
+    "row_mask",
     "READERS",
     "DATASET_ALIASES",
     "HARMONISED_LABELS",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import json
+import math
 import os
 import re
 import warnings
@@ -53,21 +55,45 @@ class SkippedItem:
         return asdict(self)
 
 
-_SKIPPED: contextvars.ContextVar[list[SkippedItem] | None] = contextvars.ContextVar(
-    "leader_skipped_items", default=None)
+@dataclass(frozen=True)
+class IndexNote:
+    """One fact about an index that is not a skipped image but that the index report must
+    state: ``kind`` (``"label gap"``, ``"duplicate row"``, ``"annotation ignored"``, ...),
+    ``dataset``, a one-line ``message`` and a JSON-ready ``data`` dict (counts, lines, ids)."""
+
+    kind: str
+    dataset: str
+    message: str
+    data: dict
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "dataset": self.dataset, "message": self.message, "data": dict(self.data)}
+
+
+class SkipLog(list):
+    """The list :func:`collect_skipped` yields: :class:`SkippedItem` s, plus ``notes``
+    (:class:`IndexNote` s: label gaps, resolved duplicate rows, ignored annotations)."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.notes: list[IndexNote] = []
+
+
+_SKIPPED: contextvars.ContextVar[SkipLog | None] = contextvars.ContextVar("leader_skipped_items", default=None)
 
 
 @contextlib.contextmanager
-def collect_skipped() -> Iterator[list[SkippedItem]]:
+def collect_skipped() -> Iterator[SkipLog]:
     """Collect every image the readers leave out while the ``with`` block runs.
 
     ``with collect_skipped() as skipped: m = index_root(root, on_error="skip")`` fills
     ``skipped`` with one :class:`SkippedItem` per missing file and per unreadable file
-    (``on_error="skip"``), in reader order. Nested blocks each see their own items and pass
-    them on to the enclosing block. Readers behave the same without a collector (the
-    warnings are always emitted).
+    (``on_error="skip"``), in reader order, and ``skipped.notes`` with the
+    :class:`IndexNote` s of the index (label gaps, duplicate-row resolutions, ...). Nested
+    blocks each see their own items and pass them on to the enclosing block. Readers behave
+    the same without a collector (the warnings are always emitted).
     """
-    items: list[SkippedItem] = []
+    items = SkipLog()
     outer = _SKIPPED.get()
     token = _SKIPPED.set(items)
     try:
@@ -76,6 +102,7 @@ def collect_skipped() -> Iterator[list[SkippedItem]]:
         _SKIPPED.reset(token)
         if outer is not None:
             outer.extend(items)
+            outer.notes.extend(items.notes)
 
 
 def record_skipped(dataset: str, image_id: str, path: str | os.PathLike, reason: str,
@@ -86,15 +113,40 @@ def record_skipped(dataset: str, image_id: str, path: str | os.PathLike, reason:
         items.append(SkippedItem(str(image_id), str(path), str(dataset), reason, message or reason))
 
 
-def skip_report(items: Sequence[SkippedItem], policy: str) -> dict:
-    """The JSON-ready skip report ``{"policy", "count", "counts_by_reason", "items"}``
-    (``items``: ``{"id", "path", "dataset", "reason", "message"}``, counts sorted by count)."""
+def record_note(kind: str, dataset: str, message: str, **data) -> None:
+    """Add one :class:`IndexNote` to the active :func:`collect_skipped` list (no-op without
+    one); ``data`` must be JSON-ready."""
+    items = _SKIPPED.get()
+    if items is not None:
+        items.notes.append(IndexNote(str(kind), str(dataset), str(message), data))
+
+
+def skip_report(items: Sequence, policy: str) -> dict:
+    """The JSON-ready report of what an index (or a training / embedding run) left out.
+
+    ``items``: :class:`SkippedItem` s or dicts with at least ``id`` and ``reason`` (training
+    adds ``stage`` / ``epoch``; an id may then appear once per epoch). Returns ``{"policy",
+    "count" (distinct ids), "occurrences" (items), "counts_by_reason", "items", "notes",
+    "counts_by_note"}``: ``counts_by_reason`` counts by reason category (the part of
+    ``reason`` before the first ``:``, e.g. ``"missing file"`` or an error class name),
+    sorted by count; ``items`` as dicts, in the given order unless they carry ``stage`` /
+    ``epoch`` (then sorted by stage, epoch, id); ``notes`` the :class:`IndexNote` s of a
+    :class:`SkipLog` (``[]`` otherwise) and ``counts_by_note`` their count per kind.
+    """
+    dicts = [it.to_dict() if hasattr(it, "to_dict") else dict(it) for it in items]
     counts: dict[str, int] = {}
-    for it in items:
-        counts[it.reason] = counts.get(it.reason, 0) + 1
+    for it in dicts:
+        kind = str(it["reason"]).split(":", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
     counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    return {"policy": policy, "count": len(items), "counts_by_reason": counts,
-            "items": [it.to_dict() for it in items]}
+    if any("stage" in it or "epoch" in it for it in dicts):
+        dicts.sort(key=lambda it: (it.get("stage", 0), it.get("epoch", 0), str(it["id"])))
+    notes = [n.to_dict() for n in getattr(items, "notes", [])]
+    by_note: dict[str, int] = {}
+    for n in notes:
+        by_note[n["kind"]] = by_note.get(n["kind"], 0) + 1
+    return {"policy": policy, "count": len({str(it["id"]) for it in dicts}), "occurrences": len(dicts),
+            "counts_by_reason": counts, "items": dicts, "notes": notes, "counts_by_note": by_note}
 
 
 def read_size(path: str | os.PathLike) -> HeaderInfo:
@@ -146,8 +198,12 @@ def read_sizes(
     ids: Sequence[str],
     paths: Sequence[Path | str],
     on_error: str = "raise",
+    where: Sequence[str] | None = None,
 ) -> tuple[list[HeaderInfo | None], list[str], list[str]]:
     """Header sizes for existing files.
+
+    ``where`` (optional, one per row) says where the metadata names the image (e.g.
+    ``"train.txt: line 5"``); it is added to the missing-file warning and skip record.
 
     Returns ``(infos, missing_ids, unreadable_ids)``; ``infos[i]`` is None for a missing or
     (with ``on_error="skip"``) unreadable file. Emits one :class:`MissingFileWarning`
@@ -163,14 +219,18 @@ def read_sizes(
     check_on_error(on_error)
     infos: list[HeaderInfo | None] = []
     missing: list[str] = []
+    shown: list[str] = []
     unreadable: list[str] = []
     reasons: list[str] = []
-    for i, p in zip(ids, paths):
+    locs = list(where) if where is not None else [None] * len(ids)
+    for i, p, loc in zip(ids, paths, locs):
         p = Path(p)
         if not p.is_file():
             missing.append(i)
+            shown.append(f"{i} ({loc})" if loc else i)
             infos.append(None)
-            record_skipped(dataset, i, p, "missing file", f"{p}: image file not found")
+            record_skipped(dataset, i, p, "missing file",
+                           f"{p}: image file not found" + (f" (listed at {loc})" if loc else ""))
             continue
         try:
             infos.append(read_size(p))
@@ -181,7 +241,7 @@ def read_sizes(
             reasons.append(f"{i} ({e})")
             infos.append(None)
             record_skipped(dataset, i, p, reason_code(e), str(e))
-    warn_skipped(dataset, missing, "image file missing", root)
+    warn_skipped(dataset, shown, "image file missing", root)
     if unreadable:
         warn_skipped(dataset, reasons, "image unreadable, truncated or corrupt", root, UnreadableFileWarning)
     return infos, missing, unreadable
@@ -461,8 +521,9 @@ def stored_sizes(
     on_error: str,
     default_w=None,
     default_h=None,
+    where: Sequence[str] | None = None,
 ):
-    """Vectorised stored sizes for table readers.
+    """Vectorised stored sizes for table readers (``where``: see :func:`read_sizes`).
 
     Returns ``(width, height, spacing, keep)``: float64 arrays (NaN = unknown) and a
     bool mask of rows to keep. With ``check_files=True`` sizes and column spacing (mm)
@@ -475,7 +536,7 @@ def stored_sizes(
 
     n = len(ids)
     if check_files:
-        infos, _, _ = read_sizes(dataset, root, ids, paths, on_error)
+        infos, _, _ = read_sizes(dataset, root, ids, paths, on_error, where)
         w = np.array([i.width if i else np.nan for i in infos], dtype=np.float64)
         h = np.array([i.height if i else np.nan for i in infos], dtype=np.float64)
         sp = np.array([(i.pixel_spacing if (i and i.pixel_spacing) else np.nan) for i in infos],
@@ -570,6 +631,8 @@ def table_manifest(
             add[name] = pd.Series(v, dtype=object)
         elif np.ndim(v) == 0:
             add[name] = np.full(n, v, dtype=object if isinstance(v, str) else None)
+        elif isinstance(v, np.ndarray) and v.dtype == object and any(x is None for x in v.tolist()):
+            add[name] = pd.Series(v, index=df.index, dtype=object)  # keep None (unknown), not NaN
         else:
             add[name] = v
     if add:
@@ -596,3 +659,59 @@ def resolve_metadata(root: Path, metadata, patterns: Sequence[str], what: str, m
     if not hits:
         raise ManifestError(f"{root}: no {what} found (looked for {', '.join(patterns)})")
     return hits
+
+
+# --------------------------------------------------------------------------------------
+# COCO JSON (TBX11K boxes, the COVID-19 collection's lung boxes)
+# --------------------------------------------------------------------------------------
+
+
+def load_coco(jp: Path) -> dict:
+    """The COCO document of ``jp``, with ``images`` / ``annotations`` / ``categories`` lists.
+
+    Raises:
+        ManifestError: file missing or unreadable, not UTF-8, not JSON (names the line), not
+            an object, or one of the three keys is not a list.
+    """
+    data = _read_bytes(jp, "COCO JSON")
+    text = _decode_utf8(jp, data, "COCO JSON")
+    try:
+        coco = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"{jp}: line {e.lineno}: cannot read COCO JSON: {e.msg}") from None
+    except RecursionError:
+        raise ManifestError(f"{jp}: cannot read COCO JSON: nested too deeply") from None
+    if not isinstance(coco, dict):
+        raise ManifestError(f"{jp}: COCO JSON must be an object with images / annotations / categories, "
+                            f"got {type(coco).__name__}")
+    for key in ("images", "annotations", "categories"):
+        v = coco.get(key, [])
+        if v is None:
+            v = []
+        if not isinstance(v, list):
+            raise ManifestError(f"{jp}: '{key}' must be a list, got {type(v).__name__}")
+        coco[key] = v
+    return coco
+
+
+def is_json_id(v) -> bool:
+    return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
+
+
+def json_id(jp: Path, where: str, v):
+    if not is_json_id(v):
+        raise ManifestError(f"{jp}: {where} must be an integer or string id, got {v!r}")
+    return v
+
+
+def json_size(jp: Path, iid, name: str, v) -> int | None:
+    """A COCO image width/height: absent/null -> None, else a positive integer."""
+    if v is None:
+        return None
+    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if ok:
+        f = float(v)
+        ok = math.isfinite(f) and f >= 1 and f == int(f) and f <= 2**31
+    if not ok:
+        raise ManifestError(f"{jp}: image id {iid!r}: {name} must be a positive integer, got {v!r}")
+    return int(v)

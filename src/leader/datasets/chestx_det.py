@@ -49,6 +49,7 @@ import numpy as np
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest
 
+from .frames import frame_scale
 from ._common import UnknownLabelWarning, as_root, check_on_error, find_first, stored_sizes, table_manifest
 
 __all__ = ["read_chestx_det", "CHESTX_DET_CLASSES"]
@@ -182,7 +183,7 @@ def read_chestx_det(
     L = np.zeros((n, len(names)), dtype=np.float32)
     boxes, polys = [], []
     for k, e in enumerate(entries):
-        sx, sy = (w[k] / FRAME, h[k] / FRAME) if keep[k] else (1.0, 1.0)
+        sx, sy = frame_scale((w[k], h[k]), (FRAME, FRAME)) if keep[k] else (1.0, 1.0)
         bl, pl = [], []
         for c, (x1, y1, x2, y2) in zip(e["cls"], e["boxes"]):
             L[k, col[c]] = 1.0

@@ -117,6 +117,7 @@ HARMONISED_MAP: dict[str, dict[str, tuple[str, ...]]] = {
     "covidx": {"COVID-19": ("COVID-19",), "Pneumonia": ("COVID-19", "pneumonia")},
     "covid-figure1": {"COVID-19": ("COVID-19",), "Pneumonia": ("Pneumonia",)},
     "covid-actualmed": {"COVID-19": ("COVID-19",), "Pneumonia": ("Pneumonia",)},
+    "covid-ieee8023": {"COVID-19": ("COVID-19",), "Pneumonia": ("Pneumonia",), "Tuberculosis": ("Tuberculosis",)},
 }
 
 

@@ -57,6 +57,7 @@ import numpy as np
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest
 
+from .frames import frame_scale, map_points
 from ._common import as_root, check_on_error, find_first, read_sizes, split_from_path
 
 __all__ = ["read_jsrt", "parse_clndat", "parse_cnndat", "JSRT_SPACING_MM", "JSRT_SIZE"]
@@ -234,7 +235,7 @@ def read_jsrt(
             sw = sh = int(stored_size)
         else:
             sw = sh = JSRT_SIZE if p.suffix.lower() == ".img" else HYBRIDGNET_SIZE
-        sx, sy = sw / JSRT_SIZE, sh / JSRT_SIZE
+        sx, sy = frame_scale((sw, sh), (JSRT_SIZE, JSRT_SIZE))
         is_nodule = cid.startswith("JPCLN") and cid not in non_nodule
         boxes = []
         rec = clinical.get(cid)
@@ -254,7 +255,7 @@ def read_jsrt(
             a = np.asarray(a, dtype=np.float64).reshape(-1)
             if a.size != 332:
                 raise ManifestError(f"{landmarks[cid]}: expected 332 values (166 points), got shape {a.shape}")
-            pts = a.reshape(-1, 2) * np.array([sw / HYBRIDGNET_SIZE, sh / HYBRIDGNET_SIZE])
+            pts = map_points(a, frame_scale((sw, sh), (HYBRIDGNET_SIZE, HYBRIDGNET_SIZE)))
             lm = pts.reshape(-1)
         records.append(
             {

@@ -56,6 +56,7 @@ import pandas as pd
 from leader.errors import BoxError, ManifestError
 from leader.manifest import LABEL_PREFIX, Box, Manifest, make_manifest
 
+from .frames import frame_scale
 from ._common import _decode_utf8, _read_bytes, as_root, check_csv_rows, check_on_error, find_first, read_sizes
 
 __all__ = ["read_nih", "NIH_LABELS", "NIH_BOX_LABEL_MAP", "read_bbox_list"]
@@ -381,7 +382,7 @@ def read_nih(
             i = pos.get(img)
             if i is None or not keep[i]:
                 continue
-            sx, sy = width[i] / NIH_FRAME, height[i] / NIH_FRAME
+            sx, sy = frame_scale((width[i], height[i]), (NIH_FRAME, NIH_FRAME))
             for label, x, y, w, h in lst:
                 try:
                     b = Box(x * sx, y * sy, (x + w) * sx, (y + h) * sy, label)

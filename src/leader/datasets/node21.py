@@ -40,6 +40,7 @@ import pandas as pd
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest
 
+from .frames import frame_scale
 from ._common import (as_root, check_on_error, read_table, require_columns, resolve_metadata, stored_sizes,
                       table_manifest)
 
@@ -101,7 +102,7 @@ def read_node21(
     w, h, sp_mm, keep = stored_sizes("node21", root, ids, paths, check_files, on_error, dw, dh)
     boxes = []
     for k, i in enumerate(order):
-        sx, sy = (w[k] / FRAME, h[k] / FRAME) if keep[k] else (1.0, 1.0)
+        sx, sy = frame_scale((w[k], h[k]), (FRAME, FRAME)) if keep[k] else (1.0, 1.0)
         bl = []
         for x, y, bw, bh, line in per[i]:
             try:

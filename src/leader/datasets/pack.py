@@ -9,9 +9,9 @@ reader          a folder is this dataset when it holds ...
 ``tbx11k``      ``annotations/json/*.json`` (and usually ``imgs/``)
 ``jsrt``        ``CLNDAT_EN.txt`` or ``CNNDAT_EN.TXT`` (in the folder or its
                 ``Clinical_Information/``)
-``covid``       ``metadata.csv`` with ``patientid`` and ``finding`` columns (Figure1, or
-                Actualmed when it has ``imagename``; the ieee8023 ``filename`` layout is not
-                handled here)
+``covid``       ``metadata.csv`` with ``patientid`` and ``finding`` columns: the COVID-19
+                image data collection (ieee8023) when it has ``filename``, Actualmed when
+                it has ``imagename``, else Figure1
 ``siim``        ``*rle*.csv[.gz]`` (in the folder) whose header starts with ``ImageId``
 ``rsna``        ``*train_labels*.csv[.gz]`` (in the folder) with header
                 ``patientId,x,y,width,height,Target``
@@ -39,14 +39,19 @@ match keep being read by them.
 
 In the real-cxr pack these are ``nih-chestxray14``, ``tbx11k``, ``jsrt-hybridgnet``,
 ``figure1-covid``, ``actualmed-covid``, ``siim-acr-pneumothorax`` and the unlabelled
-folders ``covid-chestxray-dataset``, ``opencxr``, ``node21``, ``dicom-samples``,
-``lung-segmentation-2d``. Folders without images (``licenses``) and hidden folders are
-ignored.
+folders ``covid-chestxray-dataset`` (no ``metadata.csv`` there), ``opencxr``, ``node21``,
+``dicom-samples``, ``lung-segmentation-2d``. In the real-cxr-large pack they are
+``nih-chestxray14`` (``nih``) and ``covid-chestxray-dataset`` (``covid``, ieee8023 layout;
+its ``annotations/`` folder is read as annotations, never as images). Folders without
+images (``licenses``) and hidden folders are ignored.
+
+:func:`index_root` adds one ``label gap`` note per dataset to the active
+:func:`~leader.datasets.collect_skipped` list (the index report) for the label columns that
+dataset does not annotate (unknown for all its rows).
 """
 
 from __future__ import annotations
 
-import gzip
 import os
 from pathlib import Path
 from typing import Callable, Sequence
@@ -54,11 +59,11 @@ from typing import Callable, Sequence
 from leader.errors import ManifestError
 from leader.manifest import LABEL_PREFIX, Manifest, make_manifest
 
-from ._common import as_root, check_on_error, csv_header, find_first
+from ._common import as_root, check_on_error, csv_header, find_first, record_note
 from .chestx_det import read_chestx_det
 from .chexpert import read_chexpert
 from .covid import read_covid_metadata
-from .covidx import COVIDX_CLASSES, read_covidx
+from .covidx import parse_covidx_line, read_covidx
 from .generic import list_images, read_folder
 from .harmonise import HARMONISED_LABELS
 from .jsrt import read_jsrt
@@ -99,21 +104,9 @@ DATASET_ALIASES = {
     "mimic-cxr-jpg": "mimic", "vindr-cxr": "vindr", "vinbigdata": "vindr", "chestx-det10": "chestx-det",
     "chestxdet": "chestx-det", "chestx_det": "chestx-det", "tbx-11k": "tbx11k", "siim-acr": "siim",
     "rsna-pneumonia": "rsna", "montgomery": "shenzhen", "nlm-tb": "shenzhen", "figure1": "covid",
-    "actualmed": "covid", "node-21": "node21",
+    "actualmed": "covid", "node-21": "node21", "ieee8023": "covid", "covid-chestxray-dataset": "covid",
+    "covid-ieee8023": "covid",
 }
-
-
-def _csv_header(path: Path) -> list[str]:
-    opener = gzip.open if path.suffix.lower() == ".gz" else open
-    import zlib
-
-    try:
-        with opener(path, "rb") as fh:
-            line = fh.readline(65536)
-    except (OSError, EOFError, zlib.error):  # unreadable or damaged .gz: not this dataset
-        return []
-    text = line.decode("latin-1").strip().lstrip("\ufeff").lstrip("ï»¿")
-    return [c.strip() for c in text.split(",")]
 
 
 def detect_dataset(folder: str | os.PathLike) -> str | None:
@@ -134,15 +127,15 @@ def detect_dataset(folder: str | os.PathLike) -> str | None:
             return "jsrt"
     meta = folder / "metadata.csv"
     if meta.is_file():
-        cols = _csv_header(meta)
-        if "patientid" in cols and "finding" in cols and ("imagename" in cols or "filename" not in cols):
+        cols = csv_header(meta)
+        if "patientid" in cols and "finding" in cols:
             return "covid"
     for p in find_first(folder, ["*rle*.csv", "*rle*.csv.gz"], max_depth=0):
-        cols = _csv_header(p)
+        cols = csv_header(p)
         if cols and cols[0] == "ImageId":
             return "siim"
     for p in find_first(folder, ["*train_labels*.csv", "*train_labels*.csv.gz"], max_depth=0):
-        if _csv_header(p)[:6] == ["patientId", "x", "y", "width", "height", "Target"]:
+        if csv_header(p)[:6] == ["patientId", "x", "y", "width", "height", "Target"]:
             return "rsna"
     return _detect_more(folder)
 
@@ -194,11 +187,14 @@ def _detect_more(folder: Path) -> str | None:
     for p in find_first(folder, ["train*.txt", "test*.txt"], max_depth=0):
         try:
             with open(p, encoding="utf-8", errors="replace") as fh:
-                first = fh.readline(4096).split()
+                first = fh.readline(4096)
         except OSError:
             continue
-        if len(first) in (3, 4) and first[2].lower() in COVIDX_CLASSES:
-            return "covidx"
+        try:
+            parse_covidx_line(first)  # parsed from the end: patient ids may contain spaces
+        except ValueError:
+            continue
+        return "covidx"
     pat = re.compile(r"^(CHNCXR|MCUCXR)_\d{4}_[01]\.", re.IGNORECASE)
     for d in [folder] + [c for c in subdirs if c.name.lower() == "cxr_png"]:
         try:
@@ -335,7 +331,18 @@ def index_root(
         if wanted is not None:
             return make_manifest([])
         raise ManifestError(f"{root}: no known dataset and no images found")
-    return _canonical_label_order(Manifest.concat(parts))
+    m = _canonical_label_order(Manifest.concat(parts))
+    _note_label_gaps(m)
+    return m
+
+
+def _note_label_gaps(m: Manifest) -> None:
+    """One ``label gap`` note per dataset (labels unknown for all its rows) in the report."""
+    gaps = m.label_gaps()
+    for ds, g in gaps.groupby("dataset", sort=False):
+        labels = g["label"].tolist()
+        record_note("label gap", ds, f"{ds}: {len(labels)} label column(s) not annotated, unknown (NaN) for its "
+                    f"{int(g['rows'].iloc[0])} rows: {', '.join(labels)}", labels=labels, rows=int(g["rows"].iloc[0]))
 
 
 def _canonical_label_order(m: Manifest) -> Manifest:

@@ -30,6 +30,7 @@ import pandas as pd
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, normalize_view
 
+from .frames import frame_scale
 from ._common import as_root, check_on_error, find_first, read_table, stored_sizes, table_manifest
 
 __all__ = ["read_rsna", "read_rsna_labels"]
@@ -149,7 +150,7 @@ def read_rsna(
         if not keep[k]:
             boxes.append([])
             continue
-        sx, sy = w[k] / RSNA_FRAME, h[k] / RSNA_FRAME
+        sx, sy = frame_scale((w[k], h[k]), (RSNA_FRAME, RSNA_FRAME))
         bl = []
         for x, y, bw, bh in box_lists[k]:
             try:

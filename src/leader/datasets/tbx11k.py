@@ -25,7 +25,8 @@ TBX11K release layout ``imgs/{health,sick,tb,test,...}/*.png`` and
   ``val``, ``*_test.json`` -> ``test``, ``*trainval*`` -> ``train``. An image listed in
   several JSONs is indexed once (first file in sorted order wins; a warning is issued).
 * List files ``lists/*.txt`` (release layout; e.g. ``TBX11K_train.txt``, ``all_test.txt``):
-  one image path per line, relative to ``imgs/`` (a leading ``imgs/`` is tolerated). Listed
+  one image path per line, relative to ``imgs/`` (a leading ``imgs/`` is tolerated; the path
+  may contain spaces: it ends with the last field that has an image suffix). Listed
   images that no JSON covers are indexed with the list's split (``*train*`` / ``*trainval*``
   -> ``train``, ``*val*`` -> ``val``, ``*test*`` -> ``test``) and folder-derived labels:
   ``health``/``sick`` -> TB labels 0, ``tb`` -> ``Tuberculosis`` = 1 with sub-types NaN,
@@ -40,10 +41,9 @@ it with NLM TB data without a content-hash duplicate check.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -53,7 +53,12 @@ import numpy as np
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest
 
-from ._common import IMAGE_SUFFIXES, _decode_utf8, _read_bytes, as_root, check_on_error, read_sizes
+from .frames import frame_scale
+from ._common import IMAGE_SUFFIXES, as_root, check_on_error, read_sizes
+from ._common import is_json_id as _is_json_id
+from ._common import json_id as _json_id
+from ._common import json_size as _json_size
+from ._common import load_coco as _load_coco
 
 __all__ = ["read_tbx11k", "TBX11K_CATEGORIES"]
 
@@ -61,7 +66,20 @@ log = logging.getLogger(__name__)
 
 TBX11K_CATEGORIES = ("ActiveTuberculosis", "ObsoletePulmonaryTuberculosis", "PulmonaryTuberculosis")
 TB = "Tuberculosis"
+#: the TBX11K release stores every image at 512 x 512 (the frame when a JSON omits the size)
+FRAME = 512
 _FOLDERS = ("health", "sick", "tb")
+
+
+def _list_path(line: str) -> str:
+    """The image path of one list-file line. A path may contain spaces, so the line is not
+    cut at the first space: the path runs up to the end of the last field that ends in an
+    image suffix (any fields after it are ignored); without such a field, the whole line."""
+    text = line.strip().replace("\\", "/")
+    if not text:
+        return ""
+    ends = [m.end() for m in re.finditer(r"\S+", text) if Path(m.group()).suffix.lower() in IMAGE_SUFFIXES]
+    return text[:ends[-1]] if ends else text
 
 
 def _split_of(json_path: Path) -> str:
@@ -72,57 +90,6 @@ def _split_of(json_path: Path) -> str:
         if s.endswith(suffix):
             return split
     return "train"
-
-
-def _load_coco(jp: Path) -> dict:
-    """The COCO document of ``jp``, with ``images`` / ``annotations`` / ``categories`` lists.
-
-    Raises:
-        ManifestError: file missing or unreadable, not UTF-8, not JSON (names the line), not
-            an object, or one of the three keys is not a list.
-    """
-    data = _read_bytes(jp, "COCO JSON")
-    text = _decode_utf8(jp, data, "COCO JSON")
-    try:
-        coco = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise ManifestError(f"{jp}: line {e.lineno}: cannot read COCO JSON: {e.msg}") from None
-    except RecursionError:
-        raise ManifestError(f"{jp}: cannot read COCO JSON: nested too deeply") from None
-    if not isinstance(coco, dict):
-        raise ManifestError(f"{jp}: COCO JSON must be an object with images / annotations / categories, "
-                            f"got {type(coco).__name__}")
-    for key in ("images", "annotations", "categories"):
-        v = coco.get(key, [])
-        if v is None:
-            v = []
-        if not isinstance(v, list):
-            raise ManifestError(f"{jp}: '{key}' must be a list, got {type(v).__name__}")
-        coco[key] = v
-    return coco
-
-
-def _is_json_id(v) -> bool:
-    return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
-
-
-def _json_id(jp: Path, where: str, v):
-    if not _is_json_id(v):
-        raise ManifestError(f"{jp}: {where} must be an integer or string id, got {v!r}")
-    return v
-
-
-def _json_size(jp: Path, iid, name: str, v) -> int | None:
-    """A COCO image width/height: absent/null -> None, else a positive integer."""
-    if v is None:
-        return None
-    ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if ok:
-        f = float(v)
-        ok = math.isfinite(f) and f >= 1 and f == int(f) and f <= 2**31
-    if not ok:
-        raise ManifestError(f"{jp}: image id {iid!r}: {name} must be a positive integer, got {v!r}")
-    return int(v)
 
 
 def _default_jsons(root: Path) -> list[Path]:
@@ -267,10 +234,9 @@ def read_tbx11k(
             raise ManifestError(f"{lp}: cannot read TBX11K list: {e}") from None
         split = _split_of(lp)
         for ln in lines:
-            fn = ln.strip().replace("\\", "/")
+            fn = _list_path(ln)
             if not fn:
                 continue
-            fn = fn.split()[0]
             if fn.startswith("imgs/"):
                 fn = fn[len("imgs/"):]
             if fn not in entries:
@@ -307,13 +273,12 @@ def read_tbx11k(
         info = entries[fn]
         if check_files and infos[k] is None:
             continue
-        jw, jh = info["json_w"], info["json_h"]
+        jw, jh = info["json_w"] or FRAME, info["json_h"] or FRAME  # the release's 512 when absent
         if check_files:
             sw, sh = infos[k].width, infos[k].height
         else:
-            sw, sh = jw, jh
-        sx = (sw / float(jw)) if (sw and jw) else 1.0
-        sy = (sh / float(jh)) if (sh and jh) else 1.0
+            sw, sh = info["json_w"], info["json_h"]
+        sx, sy = frame_scale((sw, sh), (jw, jh)) if (sw and sh) else (1.0, 1.0)
         boxes = []
         for label, x, y, w, h, aid in info["ann"]:
             try:
