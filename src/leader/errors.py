@@ -6,6 +6,8 @@ failure deep inside a DataLoader worker can still be traced to its source.
 
 from __future__ import annotations
 
+from typing import Sequence
+
 
 class LeaderError(Exception):
     """Base class of all LeADER errors."""
@@ -95,18 +97,29 @@ def as_os_error(exc: BaseException) -> OSError | None:
 SKIPPABLE = (ImageReadError, ManifestError, BoxError, OSError)
 
 
-def skip_report(items: list[dict], policy: str) -> dict:
-    """The ``skipped.json`` of a training run or an embedding store.
+def skip_report(items: Sequence, policy: str) -> dict:
+    """The JSON-ready report of what an index (or a training / embedding run) left out.
 
-    ``items``: ``{"id", "reason", ...}`` (training adds ``stage``/``epoch``; an id skipped in
-    several epochs appears once per epoch); ``reason`` starts with the error class name.
-    Returns ``{"policy", "count" (distinct ids), "occurrences", "counts_by_reason" (by error
-    class), "items" (sorted by stage, epoch, id)}``.
+    ``items``: :class:`leader.datasets._common.SkippedItem` s or dicts with at least ``id`` and ``reason`` (training
+    adds ``stage`` / ``epoch``; an id may then appear once per epoch). Returns ``{"policy",
+    "count" (distinct ids), "occurrences" (items), "counts_by_reason", "items", "notes",
+    "counts_by_note"}``: ``counts_by_reason`` counts by reason category (the part of
+    ``reason`` before the first ``:``, e.g. ``"missing file"`` or an error class name),
+    sorted by count; ``items`` as dicts, in the given order unless they carry ``stage`` /
+    ``epoch`` (then sorted by stage, epoch, id); ``notes`` the :class:`IndexNote` s of a
+    :class:`SkipLog` (``[]`` otherwise) and ``counts_by_note`` their count per kind.
     """
-    by_reason: dict[str, int] = {}
-    for it in items:
-        kind = it["reason"].split(":", 1)[0]
-        by_reason[kind] = by_reason.get(kind, 0) + 1
-    return {"policy": policy, "count": len({it["id"] for it in items}), "occurrences": len(items),
-            "counts_by_reason": by_reason,
-            "items": sorted(items, key=lambda it: (it.get("stage", 0), it.get("epoch", 0), it["id"]))}
+    dicts = [it.to_dict() if hasattr(it, "to_dict") else dict(it) for it in items]
+    counts: dict[str, int] = {}
+    for it in dicts:
+        kind = str(it["reason"]).split(":", 1)[0]
+        counts[kind] = counts.get(kind, 0) + 1
+    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+    if any("stage" in it or "epoch" in it for it in dicts):
+        dicts.sort(key=lambda it: (it.get("stage", 0), it.get("epoch", 0), str(it["id"])))
+    notes = [n.to_dict() for n in getattr(items, "notes", [])]
+    by_note: dict[str, int] = {}
+    for n in notes:
+        by_note[n["kind"]] = by_note.get(n["kind"], 0) + 1
+    return {"policy": policy, "count": len({str(it["id"]) for it in dicts}), "occurrences": len(dicts),
+            "counts_by_reason": counts, "items": dicts, "notes": notes, "counts_by_note": by_note}

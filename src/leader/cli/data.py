@@ -7,7 +7,8 @@
     Without ``--dataset`` every dataset under ``--root`` is detected by content
     (:func:`leader.datasets.index_root`); with it, one reader is used
     (:func:`leader.datasets.read_dataset`; names: ``nih chexpert mimic padchest vindr rsna
-    siim tbx11k covidx covid chestx-det node21 jsrt shenzhen folder``). ``--no-check-files``
+    siim tbx11k covidx covid (the COVID-19 image data collection, ieee8023, and its derivatives) chestx-det
+    node21 jsrt shenzhen folder``). ``--no-check-files``
     reads metadata only and never opens or stats an image.
 
     ``--on-error raise`` (default, fail fast) stops at the first unreadable, truncated or
@@ -114,6 +115,9 @@ def _cmd_index(a) -> int:
     atomic_write_json(report_path, report)
     reasons = ", ".join(f"{k}: {v}" for k, v in report["counts_by_reason"].items())
     line = f"indexed {len(m)} images, skipped {report['count']}" + (f" ({reasons})" if reasons else "")
+    notes = ", ".join(f"{k}: {v}" for k, v in report.get("counts_by_note", {}).items())
+    if notes:
+        line += f"; notes ({notes})"
     # a log record for log files / library users; the console shows the printed line only (once)
     (log.warning if report["count"] else log.info)("%s; report %s", line, report_path, extra={"printed": True})
     print(f"{line}; report {report_path}")
@@ -121,7 +125,13 @@ def _cmd_index(a) -> int:
     print(m.df["dataset"].value_counts().to_string())
     print("splits:", m.df["split"].value_counts().to_dict())
     print("views:", m.df["view"].value_counts().to_dict())
-    print(f"{m.df['patient_id'].nunique()} patients, {int(m.df['boxes'].map(len).sum())} boxes, "
+    patients = int(m.df.groupby("dataset")["patient_id"].nunique().sum())  # ids of two datasets may collide
+    extra = ""
+    if "anatomy_boxes" in m.df.columns:
+        extra += f", {int(m.df['anatomy_boxes'].map(lambda v: 0 if v is None else len(v)).sum())} anatomy boxes"
+    if "lung_mask" in m.df.columns:
+        extra += f", {int(m.df['lung_mask'].notna().sum())} lung masks"
+    print(f"{patients} patients, {int(m.df['boxes'].map(len).sum())} disease boxes{extra}, "
           f"{len(m.label_names)} label columns")
     return 0
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from leader.errors import ImageReadError, ManifestError
+from leader.errors import ImageReadError, ManifestError, skip_report  # noqa: F401 - re-exported (one implementation, in errors)
 
 #: File suffixes treated as images by folder scans (lower case).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".dcm", ".dicom", ".mha", ".mhd", ".nii",
@@ -119,34 +119,6 @@ def record_note(kind: str, dataset: str, message: str, **data) -> None:
     items = _SKIPPED.get()
     if items is not None:
         items.notes.append(IndexNote(str(kind), str(dataset), str(message), data))
-
-
-def skip_report(items: Sequence, policy: str) -> dict:
-    """The JSON-ready report of what an index (or a training / embedding run) left out.
-
-    ``items``: :class:`SkippedItem` s or dicts with at least ``id`` and ``reason`` (training
-    adds ``stage`` / ``epoch``; an id may then appear once per epoch). Returns ``{"policy",
-    "count" (distinct ids), "occurrences" (items), "counts_by_reason", "items", "notes",
-    "counts_by_note"}``: ``counts_by_reason`` counts by reason category (the part of
-    ``reason`` before the first ``:``, e.g. ``"missing file"`` or an error class name),
-    sorted by count; ``items`` as dicts, in the given order unless they carry ``stage`` /
-    ``epoch`` (then sorted by stage, epoch, id); ``notes`` the :class:`IndexNote` s of a
-    :class:`SkipLog` (``[]`` otherwise) and ``counts_by_note`` their count per kind.
-    """
-    dicts = [it.to_dict() if hasattr(it, "to_dict") else dict(it) for it in items]
-    counts: dict[str, int] = {}
-    for it in dicts:
-        kind = str(it["reason"]).split(":", 1)[0]
-        counts[kind] = counts.get(kind, 0) + 1
-    counts = dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-    if any("stage" in it or "epoch" in it for it in dicts):
-        dicts.sort(key=lambda it: (it.get("stage", 0), it.get("epoch", 0), str(it["id"])))
-    notes = [n.to_dict() for n in getattr(items, "notes", [])]
-    by_note: dict[str, int] = {}
-    for n in notes:
-        by_note[n["kind"]] = by_note.get(n["kind"], 0) + 1
-    return {"policy": policy, "count": len({str(it["id"]) for it in dicts}), "occurrences": len(dicts),
-            "counts_by_reason": counts, "items": dicts, "notes": notes, "counts_by_note": by_note}
 
 
 def read_size(path: str | os.PathLike) -> HeaderInfo:

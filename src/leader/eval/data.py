@@ -27,7 +27,15 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
+from PIL import Image, ImageDraw
+
+from leader.datasets.masks import mask_source, row_mask
+from leader.datasets.pack import index_root
+from leader.landmarks import JSRT166_NUM_POINTS, JSRT166_ORGANS, as_points
 from leader.manifest import Manifest
+from leader.patches import PATCH_COLUMNS, _make_table, _row_landmarks, _row_size, landmark_patches
+from leader.phantoms import make_phantom_pack
+from leader.zones import anatomy_patches, zone_patches
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +56,10 @@ def load_eval_manifest(manifest: str | Path | None = None, data_root: str | Path
         m = Manifest.load(manifest)
         return m, f"{len(m)} images from manifest `{manifest}`"
     if data_root is not None:
-        from leader.datasets.pack import index_root  # noqa: PLC0415
-
         m = index_root(data_root, check_files=True)
         counts = m.df["dataset"].value_counts().to_dict()
         return m, (f"{len(m)} real radiographs indexed from `{data_root}` ("
                    + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())) + ")")
-    from leader.phantoms import make_phantom_pack  # noqa: PLC0415
 
     if out is None:
         raise ValueError("phantoms need an output folder")
@@ -152,8 +157,6 @@ def labelled_columns(manifest, min_known: int = 1) -> list[str]:
 def organ_patches(manifest, points_per_organ: int = 4, size: float = 224, reference_width: float = 1024) -> pd.DataFrame:
     """Landmark patches grouped by organ: ``points_per_organ`` evenly spaced points along each
     ``jsrt166`` contour (right/left lung, heart, right/left clavicle), label = organ name."""
-    from leader.landmarks import JSRT166_NUM_POINTS, JSRT166_ORGANS  # noqa: PLC0415
-    from leader.patches import _make_table, _row_landmarks, _row_size  # noqa: PLC0415
 
     df = getattr(manifest, "df", manifest)
     rows = []
@@ -186,7 +189,6 @@ def csv_landmark_patches(manifest, csv_path: str | Path, size: float = 224,
     Raises:
         ValueError: missing columns, or images that match no manifest row (names them).
     """
-    from leader.patches import _make_table  # noqa: PLC0415
 
     t = pd.read_csv(csv_path)
     need = {"image", "landmark", "x", "y"}
@@ -222,18 +224,23 @@ def csv_landmark_patches(manifest, csv_path: str | Path, size: float = 224,
 
 def landmark_table(manifest, source: str = "jsrt166", size: float = 224, reference_width: float = 1024,
                    points_per_organ: int = 4) -> pd.DataFrame:
-    """Landmark patch table from ``source``: ``"jsrt166"`` (ten named landmarks from JSRT/SCR
-    contours; also the phantoms'), ``"organs"`` (points along each contour, label = organ) or
-    the path of a CSV ``(image, landmark, x, y)``."""
-    from leader.patches import landmark_patches  # noqa: PLC0415
-
+    """Anatomy patch table from ``source``: ``"jsrt166"`` (ten named landmarks from JSRT/SCR
+    contours; also the phantoms'), ``"organs"`` (points along each contour, label = organ),
+    ``"zones"`` (lung zones from lung masks, boxes or contours: :func:`leader.zones.zone_patches`),
+    ``"anatomy"`` (zones and landmarks: :func:`leader.zones.anatomy_patches`) or the path of a
+    CSV ``(image, landmark, x, y)``."""
     if source in ("jsrt166", "landmarks", "phantoms"):
         return landmark_patches(manifest, size=size, reference_width=reference_width)
+    if source == "zones":
+        return zone_patches(manifest)[list(PATCH_COLUMNS)]
+    if source == "anatomy":
+        return anatomy_patches(manifest)[list(PATCH_COLUMNS)]
     if source == "organs":
         return organ_patches(manifest, points_per_organ=points_per_organ, size=size, reference_width=reference_width)
     if Path(source).suffix.lower() == ".csv" or Path(source).is_file():
         return csv_landmark_patches(manifest, source, size=size, reference_width=reference_width)
-    raise ValueError(f"unknown landmark source {source!r}: jsrt166, organs or a CSV file (image, landmark, x, y)")
+    raise ValueError(f"unknown landmark source {source!r}: jsrt166, organs, zones, anatomy or a CSV file "
+                     "(image, landmark, x, y)")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -241,9 +248,7 @@ def landmark_table(manifest, source: str = "jsrt166", size: float = 224, referen
 # ---------------------------------------------------------------------------------------------
 def lung_mask_from_landmarks(points, width: int, height: int) -> np.ndarray:
     """Binary ``uint8 [H, W]`` mask of both lungs from ``jsrt166`` contours (polygon fill)."""
-    from PIL import Image, ImageDraw  # noqa: PLC0415
 
-    from leader.landmarks import JSRT166_ORGANS, as_points  # noqa: PLC0415
 
     p = as_points(points)
     img = Image.new("L", (int(width), int(height)), 0)
@@ -254,8 +259,6 @@ def lung_mask_from_landmarks(points, width: int, height: int) -> np.ndarray:
 
 
 def _read_mask(path: str | Path) -> np.ndarray:
-    from PIL import Image  # noqa: PLC0415
-
     with Image.open(path) as im:  # content-sniffed: a PNG called .jpg is read as PNG
         a = np.asarray(im.convert("L"))
     return (a > 127).astype(np.uint8)
@@ -285,6 +288,8 @@ def find_masks(manifest, data_root: str | Path | None = None, from_landmarks: bo
     (``source='jsrt166'``). A file mask wins over contours. Rules for files: ``idx.csv``
     (``img,mask``) in the image's folder or its parent; ``<stem>-mask.png``, ``<stem>_mask.png``,
     ``<stem>_lung_seg.png`` next to the image; ``<data_root>/**/semantic_masks*/<file name>``.
+    A mask the dataset reader attached to the row (``lung_mask``, SCR organ masks; see
+    :func:`leader.datasets.masks.mask_source`) comes first (``source='manifest'``).
     """
     df = getattr(manifest, "df", manifest)
     sem: dict[str, Path] = {}
@@ -297,6 +302,11 @@ def find_masks(manifest, data_root: str | Path | None = None, from_landmarks: bo
     rows = []
     for i in range(len(df)):
         image_id = str(df["id"].iloc[i])
+        src = mask_source(df, i, "lungs")
+        if src is not None and src != "contours":  # a mask the reader attached (manual masks, SCR)
+            path = str(df["lung_mask"].iloc[i]) if src == "file" else ""
+            rows.append({"image_id": image_id, "source": "manifest", "mask_path": path})
+            continue
         p = Path(str(df["path"].iloc[i]))
         found: Path | None = _idx_csv_masks(p)
         if found is None:
@@ -325,6 +335,8 @@ def load_mask(manifest, row: pd.Series | dict) -> np.ndarray:
     w, h = int(df["width"].iloc[i]), int(df["height"].iloc[i])
     if row["source"] == "jsrt166":
         return lung_mask_from_landmarks(np.asarray(df["landmarks"].iloc[i], np.float64), w, h)
+    if row["source"] == "manifest":  # resized nearest-neighbour to the stored image by the reader's mask path
+        return row_mask(df, i, "lungs").astype(np.uint8)
     m = _read_mask(row["mask_path"])
     if m.shape != (h, w):
         raise ValueError(f"mask {row['mask_path']} is {m.shape[1]}x{m.shape[0]} but image {row['image_id']} is {w}x{h}")

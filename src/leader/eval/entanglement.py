@@ -27,6 +27,7 @@ import pandas as pd
 
 from leader.eval.anatomy import knn_accuracy
 from leader.eval.data import _groups, labelled_columns
+from leader.eval.retrieval import disease_retrieval
 from leader.eval.features import Representation
 from leader.eval.linear_probe import cv_probe_multiclass, cv_probe_multilabel
 from leader.eval.metrics import UndefinedMetricWarning, accuracy, per_class_auc
@@ -45,7 +46,6 @@ def entanglement_matrix(reps: Sequence[Representation], manifest, landmarks: pd.
                         labels: Sequence[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """``(probe matrix, zero-shot matrix, details)``; matrices are rows × representation names,
     with a ``chance`` column."""
-    from leader.eval.retrieval import disease_retrieval_batched as disease_retrieval  # noqa: PLC0415
 
     m = manifest if isinstance(manifest, Manifest) else Manifest(manifest)
     names = list(labels) if labels is not None else labelled_columns(m, min_known=min_known)

@@ -37,7 +37,7 @@ from leader.eval.features import Representation
 from leader.eval.linear_probe import DEFAULT_CS, ProbeResult, probe_multiclass, probe_multilabel
 from leader.eval.metrics import UndefinedMetricWarning, kmeans_nmi
 from leader.eval.report import Report, bar_chart, image_grid
-from leader.eval.retrieval import cosine_search, disease_retrieval_batched
+from leader.eval.retrieval import cosine_search, disease_retrieval
 from leader.eval.stats import results_table, wide_table
 from leader.manifest import Manifest
 
@@ -182,7 +182,7 @@ def run_retrieval(reps: Sequence[Representation], manifest, queries: pd.DataFram
         g = r.images(m)
         q = r.patches(m, queries)
         try:
-            res = disease_retrieval_batched(q, labels, list(queries["image_id"]), g, list(m.df["id"]), cols, k=k,
+            res = disease_retrieval(q, labels, list(queries["image_id"]), g, list(m.df["id"]), cols, k=k,
                                     n_queries=n_queries, seed=seed)
         except ValueError as e:
             rows.append({"representation": r.name, "k": k, "precision_at_k": np.nan, "std": np.nan,
