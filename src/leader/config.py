@@ -173,9 +173,9 @@ class TeacherConfig(Section):
     stages: list[int] = H(lambda: [2], "Algorithm 1 stages it is distilled in: 1 (whole images), "
                                        "2 (image/patch pairs)")
     weight: float = H(1.0, "weight of its loss term in L = Σ weight · ℓ (Eq. 3)", ge=0)
-    target_norm: Literal["none", "standardize", "phi-s"] = H(
-        "none", "normalise the teacher's embeddings before the loss: none, standardize (per dimension), "
-                "phi-s (one global scale after whitening-free centring); statistics from the training images")
+    target_norm: Literal["none", "standardize", "global"] = H(
+        "none", "loss in a normalised teacher space: none, standardize (per-dimension mean and std), global "
+                "(mean and one scale for all dimensions); statistics from the training samples, kept in the head")
 
     @field_validator("stages")
     @classmethod
@@ -200,6 +200,7 @@ class FitAnatomyConfig(Section):
     batch_size: int = H(32, "batch size", ge=1)
     lr: float = H(1.0e-3, "peak learning rate (one-cycle)", gt=0)
     crops_per_image: int = H(4, "random crops per image per epoch (position targets)", ge=1)
+    zones: bool = H(True, "also learn the lung zone of zone patches where lung masks / boxes / contours exist")
 
 
 class FitConfig(Section):
@@ -221,6 +222,11 @@ def _default_teachers() -> dict[str, TeacherConfig]:
     return {}
 
 
+class TargetStatsConfig(Section):
+    samples: int = H(2048, "training samples (images and patches) the target statistics are computed on", ge=16)
+    batch_size: int = H(64, "batch size of that pass over the frozen teachers", ge=1)
+
+
 class Config(Section):
     """The whole configuration of a run (paper §4 defaults in ``configs/paper.yaml``)."""
 
@@ -239,6 +245,7 @@ class Config(Section):
                             "stage 2: all branches on image/patch pairs (Algorithm 1 lines 15-27)")
     teachers: dict[str, Optional[TeacherConfig]] = H(_default_teachers, "the frozen experts and their roles")
     teacher_cache: dict[str, str] = H(dict, "NAME: DIR — read a teacher's embeddings from its cache")
+    target_stats: TargetStatsConfig = H(TargetStatsConfig, "how teachers.<name>.target_norm statistics are computed")
     teacher_views: Literal["auto", "online"] = H("auto", "auto: restrict views to those a teacher cache holds; "
                                                          "online: always augment")
     log_every: int = H(10, "steps between progress log lines", ge=1)

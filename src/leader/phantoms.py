@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 from PIL import Image as PILImage
@@ -171,7 +172,7 @@ def _sample_in_lungs(rng, lung_mask, lung_pts, radius, tries=400):
     return float(pts[:, 0].mean()), float(pts[:, 1].mean())
 
 
-def make_phantom(rng, size: int = 512, *, lesions=None):
+def make_phantom(rng, size: int = 512, *, lesions=None, lesion_scale: float | Mapping[str, float] = 1.0):
     """Generate one chest phantom.
 
     Args:
@@ -182,6 +183,9 @@ def make_phantom(rng, size: int = 512, *, lesions=None):
         size: output side length in pixels (square image), >= 64.
         lesions: ``None`` (random: about 40 % normal, otherwise a nodule, a consolidation or
             both) or an explicit sequence of labels from :data:`LESION_LABELS` (``[]`` = normal).
+        lesion_scale: multiplies the lesion radii (nodule 1.4-3 %, consolidation 5-9 % of the
+            side at 1.0), one factor or ``{label: factor}``; larger lesions stay visible when the
+            images are shrunk (the claims' controlled world trains at 64 px).
 
     Returns:
         ``(pixels, landmarks, boxes)``:
@@ -204,6 +208,9 @@ def make_phantom(rng, size: int = 512, *, lesions=None):
     # generator state gives the same anatomy and noise whatever lesions are drawn
     l_rng, n_rng = (np.random.default_rng(int(s)) for s in rng.integers(0, 2**63 - 1, size=2))
     size = int(size)
+    scales = dict(lesion_scale) if isinstance(lesion_scale, Mapping) else {lab: lesion_scale for lab in LESION_LABELS}
+    if any(not float(scales.get(lab, 1.0)) > 0 for lab in LESION_LABELS):
+        raise ValueError(f"lesion_scale must be > 0, got {lesion_scale}")
     if size < 64:
         raise ValueError(f"phantom size must be >= 64 pixels, got {size}")
     if lesions is None:
@@ -296,14 +303,14 @@ def make_phantom(rng, size: int = 512, *, lesions=None):
     boxes = []
     for lab in lesions:
         if lab == "Nodule":
-            r = float(l_rng.uniform(0.014, 0.03)) * S
+            r = float(l_rng.uniform(0.014, 0.03)) * S * float(scales.get("Nodule", 1.0))
             cx, cy = _sample_in_lungs(l_rng, lung_hard, (rl_px, ll_px), r * 1.3)
             d = np.sqrt((xx - cx) ** 2 + (yy - cy) ** 2)
             disc = np.clip((r - d) / max(1.0, 0.15 * r) + 0.5, 0, 1)
             img += float(l_rng.uniform(0.18, 0.3)) * disc
             boxes.append(Box(float(cx - r), float(cy - r), float(cx + r), float(cy + r), "Nodule"))
         else:  # Consolidation
-            r = float(l_rng.uniform(0.05, 0.09)) * S
+            r = float(l_rng.uniform(0.05, 0.09)) * S * float(scales.get("Consolidation", 1.0))
             cx, cy = _sample_in_lungs(l_rng, lung_hard, (rl_px, ll_px), r * 0.8)
             field = np.zeros((S, S), np.float32)
             for _ in range(int(l_rng.integers(3, 6))):
@@ -326,7 +333,8 @@ def make_phantom(rng, size: int = 512, *, lesions=None):
     return img, pts.astype(np.float64), boxes
 
 
-def make_phantom_pack(out_dir, n_images: int = 60, size: int = 512, seed: int = 0):
+def make_phantom_pack(out_dir, n_images: int = 60, size: int = 512, seed: int = 0,
+                      lesion_scale: float | Mapping[str, float] = 1.0):
     """Write ``n_images`` phantoms as 8-bit PNGs and return their manifest.
 
     Files: ``out_dir/images/phantom_{i:04d}.png`` (mode ``L``, air dark) and
@@ -336,6 +344,8 @@ def make_phantom_pack(out_dir, n_images: int = 60, size: int = 512, seed: int = 
     ``normal`` (no lesion), ``boxes`` (stored-image pixels), ``landmarks`` (flattened
     ``jsrt166``, pixels) with ``landmark_scheme='jsrt166'`` and labels ``Nodule`` /
     ``Consolidation`` (1.0 / 0.0).
+
+    ``lesion_scale`` is passed to :func:`make_phantom`.
 
     Deterministic: phantom ``i`` is drawn from ``numpy.random.default_rng([seed, i])``, so the
     same ``seed`` gives identical files, and a larger ``n_images`` extends a smaller pack.
@@ -354,7 +364,7 @@ def make_phantom_pack(out_dir, n_images: int = 60, size: int = 512, seed: int = 
     records = []
     for i in range(int(n_images)):
         rng = np.random.default_rng([int(seed), i])
-        pixels, pts, boxes = make_phantom(rng, size=size)
+        pixels, pts, boxes = make_phantom(rng, size=size, lesion_scale=lesion_scale)
         stem = f"phantom_{i:04d}"
         path = img_dir / f"{stem}.png"
         tmp = img_dir / f".{stem}.tmp.png"

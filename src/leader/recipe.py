@@ -299,7 +299,9 @@ def fit_teacher(cfg: Config | Mapping, kind: str, manifest: Manifest, out: str |
     """Fit one of the demo's own experts (``leader teachers fit``) with the recipe ``cfg.fit.<kind>``.
 
     ``kind='disease'``: supervised on the training split's labels, on whole images and on the
-    patches of :func:`patch_tables`; ``kind='anatomy'``: label-free crop-position regression.
+    patches of :func:`patch_tables`; ``kind='anatomy'``: label-free crop-position regression,
+    plus lung zones where lung annotations exist (``fit.anatomy.zones``). Each reports its
+    own numbers on the validation split in ``fit_report.json``.
 
     Raises:
         ValueError: unknown ``kind``; no trainable label (disease).
@@ -315,5 +317,6 @@ def fit_teacher(cfg: Config | Mapping, kind: str, manifest: Manifest, out: str |
     if kind == "anatomy":
         f = cfg.fit.anatomy
         return fit_anatomy_expert(manifest, out, arch=f.arch, img_size=f.img_size, epochs=f.epochs,
-                                  batch_size=f.batch_size, lr=f.lr, crops_per_image=f.crops_per_image, **common)
+                                  batch_size=f.batch_size, lr=f.lr, crops_per_image=f.crops_per_image, zones=f.zones,
+                                  **common)
     raise ValueError(f"kind must be 'disease' or 'anatomy', got {kind!r}")

@@ -212,7 +212,7 @@ def _cmd_claims(a) -> int:
 
     say = _say_claims
     if a.setting == "controlled":
-        world = prepare_controlled(a.out, a.cfg, n_images=a.n_images, size=int(a.cfg.student.img_size),
+        world = prepare_controlled(a.out, a.cfg, n_images=a.n_images, size=128,
                                    seed=a.world_seed)
     else:
         from leader.eval.claims_real import prepare_real

@@ -246,15 +246,16 @@ def fidelity(student: Representation, trunk: Representation, random_trunk: Repre
              teacher: Representation, world: World, seed: int = 0) -> dict:
     """Distillation fidelity of one head (``student``) against its teacher on test data.
 
-    Images and patches (anatomy + lesion patches of the test split) are pooled. Returns
-    ``{"r2", "cos", "r2_fresh_trained", "r2_fresh_random", "n_test"}``.
+    Test images and the diseased and healthy patches of test images (the kinds of samples
+    Algorithm 1 distils on) are pooled. Returns ``{"r2", "cos", "r2_fresh_trained",
+    "r2_fresh_random", "n_test", "erank_trained", "erank_random"}`` (``erank``: effective rank
+    of the trunk's test features, :func:`effective_rank` — a collapsed trunk has about 1).
     """
     m = world.manifest
     split = m.df["split"].astype(str).to_numpy()
     parts = [(None, split)]
-    for table in (world.anatomy_patches, world.lesion_patches):
-        if len(table):
-            parts.append((table, table["split"].to_numpy()))
+    if len(world.lesion_patches):
+        parts.append((world.lesion_patches, world.lesion_patches["split"].to_numpy()))
 
     def feats(rep: Representation) -> tuple[np.ndarray, np.ndarray]:
         xs, sp = [], []
@@ -270,7 +271,18 @@ def fidelity(student: Representation, trunk: Representation, random_trunk: Repre
     Z, _ = feats(trunk)
     Zr, _ = feats(random_trunk)
     return {"r2": r2, "cos": cos, "r2_fresh_trained": fresh_head_r2(Z[tr], T[tr], Z[te], T[te], seed),
-            "r2_fresh_random": fresh_head_r2(Zr[tr], T[tr], Zr[te], T[te], seed), "n_test": int(te.sum())}
+            "r2_fresh_random": fresh_head_r2(Zr[tr], T[tr], Zr[te], T[te], seed), "n_test": int(te.sum()),
+            "erank_trained": effective_rank(Z[te]), "erank_random": effective_rank(Zr[te])}
+
+
+def effective_rank(x: np.ndarray) -> float:
+    """Effective rank ``exp(H(p))`` of centred features ``[N, D]``, ``p`` the normalised singular
+    values (Roy & Vetterli 2007): 1 when every row varies along one direction, ``D`` when all
+    directions carry equal variance."""
+    s = np.linalg.svd(np.asarray(x, np.float64) - np.mean(x, axis=0), compute_uv=False)
+    p = s / max(s.sum(), 1e-12)
+    p = p[p > 0]
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -37,18 +37,24 @@ from leader.store import EmbeddingStore
 
 __all__ = ["make_world", "disease_features", "anatomy_features", "oracle_stores", "FREQUENCIES"]
 
+#: lesion radii of the world relative to the phantoms' defaults: a nodule of 2.7-5.8 px and a
+#: consolidation of 5-9 px radius at the students' 64 px (1.4-3 % and 5-9 % of the side by default)
+LESION_SCALE = {"Nodule": 3.0, "Consolidation": 1.5}
+
 #: Fourier frequencies of the anatomy expert's position features.
 FREQUENCIES = (1, 2, 3)
 
 
 def make_world(out: str | Path, n_images: int = 200, size: int = 128, seed: int = 0,
-               val: float = 0.2, test: float = 0.2) -> Manifest:
+               val: float = 0.2, test: float = 0.2, lesion_scale=None) -> Manifest:
     """Generate (or reuse) the phantoms of the controlled world with a patient-level split.
 
     Args:
         out: folder; ``out/manifest.parquet`` is reused when it exists.
         n_images: phantoms (each its own patient).
         size: side of the stored images in pixels.
+        lesion_scale: lesion radii relative to :func:`leader.phantoms.make_phantom`'s, one factor
+            or per label (default :data:`LESION_SCALE`: lesions that stay visible at 64 px).
         seed: seed of the phantoms and of the split.
         val, test: fractions of phantoms in the validation and test splits.
 
@@ -59,7 +65,8 @@ def make_world(out: str | Path, n_images: int = 200, size: int = 128, seed: int 
     path = out / "manifest.parquet"
     if path.is_file():
         return Manifest.load(path)
-    m = make_phantom_pack(out / "phantoms", n_images=n_images, size=size, seed=seed)
+    scale = LESION_SCALE if lesion_scale is None else lesion_scale
+    m = make_phantom_pack(out / "phantoms", n_images=n_images, size=size, seed=seed, lesion_scale=scale)
     m = assign_splits(m, val=val, test=test, seed=seed, respect_official=False)
     m.save(path)
     return m
@@ -165,7 +172,8 @@ def oracle_stores(manifest: Manifest, patches: pd.DataFrame | None, out: str | P
     return paths
 
 
-def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 128, seed: int = 0):
+def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 128, seed: int = 0,
+                       lesion_scale=None):
     """The controlled setting of the claims runner (:class:`leader.eval.claims.World`).
 
     Generates (or reuses) the phantoms under ``out/world``, cuts the training pairs (from
@@ -177,7 +185,8 @@ def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 12
         out: the claims output folder.
         cfg: the students' config (``teachers`` must give one ``disease`` and one ``anatomy``
             kind; their names are used).
-        n_images, size, seed: the phantoms (see :func:`make_world`).
+        n_images, size, seed, lesion_scale: the phantoms (see :func:`make_world`; ``size`` is the
+            stored side, the students see ``student.img_size``).
     """
     from leader.config import ConfigError
     from leader.eval.claims import World
@@ -186,7 +195,7 @@ def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 12
     from leader.teachers.store_teacher import EmbeddingStoreTeacher
 
     root = Path(out) / "world"
-    m = make_world(root, n_images=n_images, size=size, seed=seed)
+    m = make_world(root, n_images=n_images, size=size, seed=seed, lesion_scale=lesion_scale)
     names = {cfg.teachers_of_kind(k)[0] if cfg.teachers_of_kind(k) else None: k for k in ("disease", "anatomy")}
     if None in names:
         raise ConfigError("the controlled world needs one teacher of kind disease and one of kind anatomy in "
@@ -210,7 +219,8 @@ def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 12
         reps[name] = Representation(open_source(str(paths[kind]), name=f"{name} expert"), "embedding",
                                     label=f"{name} expert")
     n = m.df["split"].value_counts().to_dict()
-    desc = (f"{len(m)} chest phantoms at {size} px (leader.phantoms, seed {seed}; train {n.get('train', 0)} / val "
+    desc = (f"{len(m)} chest phantoms stored at {size} px, seen at {cfg.student.img_size} px (leader.phantoms, "
+            f"seed {seed}, lesion radii x{lesion_scale or LESION_SCALE}; train {n.get('train', 0)} / val "
             f"{n.get('val', 0)} / test {n.get('test', 0)} phantoms), lesions Nodule and Consolidation with boxes; "
             "experts by construction (leader.eval.world): the disease expert sees lesion content only, the anatomy "
             "expert region position only")

@@ -30,7 +30,15 @@ _RESERVED = {"e_da"}
 
 
 class MLPHead(nn.Module):
-    """2-layer MLP head ``h_θ``: Linear → GELU → Linear (paper §4).
+    """2-layer MLP head ``h_θ``: Linear → GELU → Linear (paper §4), in its teacher's space.
+
+    The MLP predicts the teacher embedding *normalised* by fixed per-dimension statistics
+    (buffers ``target_mean`` / ``target_scale``; identity by default) and the head returns it
+    de-normalised, ``mlp(x) * target_scale + target_mean``, so ``E'`` is always in the
+    teacher's space. The trainer sets the statistics from the training data when the
+    teacher's ``target_norm`` asks for it (``standardize``, ``global``) and computes the loss
+    in the normalised space (:meth:`normalise`): every teacher dimension — and every teacher —
+    then weighs the same in the loss, and a large mean vector no longer dominates it.
 
     Args:
         in_dim: input width (the backbone's ``E_DA`` width).
@@ -51,9 +59,35 @@ class MLPHead(nn.Module):
         self.fc1 = nn.Linear(self.in_dim, self.hidden_dim)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(self.hidden_dim, self.out_dim)
+        self.register_buffer("target_mean", torch.zeros(self.out_dim))
+        self.register_buffer("target_scale", torch.ones(self.out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x))) * self.target_scale + self.target_mean
+
+    def normalise(self, e: torch.Tensor) -> torch.Tensor:
+        """A teacher-space embedding ``[B, out_dim]`` in the head's normalised space."""
+        return (e - self.target_mean) / self.target_scale
+
+    def set_target_stats(self, mean: torch.Tensor, scale: torch.Tensor) -> None:
+        """Fix the normalisation: float ``[out_dim]`` mean and positive scale (teacher units).
+
+        Raises:
+            ValueError: wrong shapes, or a scale that is not finite and positive.
+        """
+        mean = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
+        scale = torch.as_tensor(scale, dtype=torch.float32).expand(self.out_dim).reshape(-1)
+        if mean.numel() != self.out_dim or scale.numel() != self.out_dim:
+            raise ValueError(f"target stats need {self.out_dim} values, got mean {mean.numel()}, scale {scale.numel()}")
+        if not torch.isfinite(mean).all() or not (torch.isfinite(scale).all() and (scale > 0).all()):
+            raise ValueError("target stats must be finite with a positive scale")
+        self.target_mean.copy_(mean.to(self.target_mean.device))
+        self.target_scale.copy_(scale.to(self.target_scale.device))
+
+    @property
+    def normalised(self) -> bool:
+        """Whether target statistics other than the identity are set."""
+        return bool((self.target_mean != 0).any() or (self.target_scale != 1).any())
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, hidden_dim={self.hidden_dim}, out_dim={self.out_dim}"
@@ -359,6 +393,9 @@ def load_model(directory: str | os.PathLike, map_location: str | torch.device = 
         raise FileNotFoundError(f"model checkpoint {directory}: missing model.safetensors")
     model = LeaderModel.from_config(cfg["model"])
     sd = load_file(str(weights), device="cpu")
+    for name, head in model.heads.items():  # checkpoints written before heads kept target statistics
+        for buf, fill in (("target_mean", 0.0), ("target_scale", 1.0)):
+            sd.setdefault(f"heads.{name}.{buf}", torch.full((head.out_dim,), fill))
     load_state_dict_checked(model, sd, strict=True, source=str(weights))
     return model.to(map_location).eval()
 

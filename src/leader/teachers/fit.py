@@ -30,12 +30,16 @@ import numpy as np
 import pandas as pd
 import timm
 import torch
+from safetensors.torch import save_file
+from sklearn.metrics import r2_score, roc_auc_score
 import torch.nn.functional as F
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
-from tqdm.auto import tqdm
 
+from leader.eval.anatomy import knn_accuracy
 from leader.manifest import Manifest
 from leader.patches import ImageDataset, PatchDataset
+from leader.progress import Progress
+from leader.zones import ZONE_LABELS, zone_patches
 from leader.teachers.base import InputSpec
 from leader.teachers.module import save_teacher
 from leader.device import autocast_context, pick_device
@@ -91,7 +95,7 @@ def _run_epochs(model_fn, params, loader, loss_fn, epochs, lr, weight_decay, dev
     with open(log_path, "w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["epoch", "step", "loss", "lr"])
-        bar = tqdm(total=total, desc=desc, unit="step", dynamic_ncols=True, disable=None)
+        bar = Progress(total, desc, "step")
         step = 0
         for epoch in range(epochs):
             losses = []
@@ -109,8 +113,7 @@ def _run_epochs(model_fn, params, loader, loss_fn, epochs, lr, weight_decay, dev
                 step += 1
                 losses.append(loss.item())
                 w.writerow([epoch, step, loss.item(), sched.get_last_lr()[0]])
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.4f}")
+                bar.update(1, epoch=f"{epoch + 1}/{epochs}", loss=loss.item())
             fh.flush()
             epoch_losses.append(float(np.mean(losses)))
         bar.close()
@@ -167,7 +170,7 @@ def fit_disease_expert(
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     dev = pick_device(device)
-    train = manifest.subset((manifest.df["split"] == "train").to_numpy())
+    train = _split(manifest, "train")
     names = list(labels) if labels is not None else trainable_labels(train)
     if not names:
         raise ValueError("disease expert: no label has both a positive and a negative example in the train split")
@@ -193,8 +196,15 @@ def fit_disease_expert(
                          out / "fit_log.csv", "fit disease expert")
     seconds = time.time() - t0
     backbone.eval()
-    auc = _train_auc(backbone, head, spec, data, dev, precision, names)
-    from safetensors.torch import save_file  # noqa: PLC0415
+    auc = _auc_on(backbone, head, spec, data, dev, precision, names)
+    val = _split(manifest, "val")
+    validation: dict = {"split": "val", "n_images": len(val)}
+    if len(val):
+        y_val = val.labels_array(names)
+        vauc = _auc_on(backbone, head, spec, _WithTargets(ImageDataset(val, img_size), y_val), dev, precision, names)
+        macro = float(np.mean(list(vauc.values()))) if vauc else float("nan")
+        validation.update(auc=vauc, macro_auc=macro, summary=f"val macro AUC {macro:.3f} over {len(vauc)} labels "
+                          f"({len(val)} images)")
 
     save_teacher(backbone.cpu(), arch, tk, spec, name, out)
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
@@ -202,16 +212,20 @@ def fit_disease_expert(
     report = {"kind": "disease", "arch": arch, "img_size": img_size, "labels": names,
               "n_images": len(train), "n_disease_patches": int((patches["kind"] == "disease").sum()),
               "n_healthy_patches": int((patches["kind"] == "healthy").sum()),
-              "epoch_loss": losses, "train_auc": auc, "seconds": round(seconds, 1),
-              "note": "AUC on the training samples (a fit check, not a held-out estimate)"}
+              "epoch_loss": losses, "train_auc": auc, "validation": validation, "seconds": round(seconds, 1),
+              "note": "train_auc: on the training samples (a fit check); validation: the manifest's val split "
+                      "(images the expert never saw)"}
     atomic_write_text(out / "fit_report.json", json.dumps(report, indent=2))
     return out
 
 
-@torch.no_grad()
-def _train_auc(backbone, head, spec, data, dev, precision, names) -> dict:
-    from sklearn.metrics import roc_auc_score  # noqa: PLC0415
+def _split(manifest: Manifest, name: str) -> Manifest:
+    return manifest.subset((manifest.df["split"] == name).to_numpy())
 
+
+@torch.no_grad()
+def _auc_on(backbone, head, spec, data, dev, precision, names) -> dict:
+    """AUC per label of the expert's own classifier on ``data`` (labels with both values)."""
     preds, ys = [], []
     for batch in DataLoader(data, batch_size=64):
         with autocast_context(dev, precision):
@@ -273,6 +287,53 @@ class PositionCropDataset(Dataset):
         return {"image": crop, "target": target}
 
 
+class _ZoneTargets(Dataset):
+    """Zone patches as ``{"image", "target"}`` with ``target = (nan, nan, nan, class index)``."""
+
+    def __init__(self, manifest: Manifest, zones: pd.DataFrame, size: int):
+        self.base = PatchDataset(manifest, zones, size)
+        self.cls = torch.as_tensor([ZONE_LABELS.index(z) for z in zones["label"]], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        t = torch.full((4,), float("nan"))
+        t[3] = self.cls[i]
+        return {"image": self.base[i]["image"], "target": t}
+
+
+class _PositionTargets(Dataset):
+    """:class:`PositionCropDataset` items with a 4th target entry ``nan`` (no zone class)."""
+
+    def __init__(self, base: "PositionCropDataset"):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int) -> dict:
+        item = self.base[i]
+        return {"image": item["image"], "target": torch.cat([item["target"], torch.tensor([float("nan")])])}
+
+
+def _position_zone_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """MSE of ``(cx, cy, side)`` where known + cross-entropy of the zone class where known.
+
+    ``pred``: ``[B, 3 + Z]`` (position, then zone logits); ``target``: ``[B, 4]`` (position or
+    NaN, zone index or NaN).
+    """
+    pos, cls = target[:, :3], target[:, 3]
+    loss = pred.sum() * 0.0
+    has_pos = ~torch.isnan(pos[:, 0])
+    if has_pos.any():
+        loss = loss + F.mse_loss(pred[has_pos, :3], pos[has_pos])
+    has_cls = ~torch.isnan(cls)
+    if has_cls.any():
+        loss = loss + F.cross_entropy(pred[has_cls, 3:], cls[has_cls].long())
+    return loss
+
+
 def fit_anatomy_expert(
     manifest: Manifest,
     out_dir: str | Path,
@@ -284,6 +345,7 @@ def fit_anatomy_expert(
     lr: float = 1e-3,
     weight_decay: float = 0.05,
     crops_per_image: int = 6,
+    zones: bool = True,
     timm_kwargs: Mapping | None = None,
     seed: int = 0,
     precision: str = "bf16",
@@ -291,26 +353,40 @@ def fit_anatomy_expert(
     num_workers: int = 0,
     name: str = "anatomy-expert",
 ) -> Path:
-    """Train an anatomy expert without disease labels (where-in-the-chest regression).
+    """Train an anatomy expert without disease labels: where in the chest is this view?
 
-    Uses every image of the manifest's ``train`` split (disease labels are never read).
-    Loss: MSE between predicted and true ``(cx, cy, side)`` (see :class:`PositionCropDataset`).
+    Targets (disease labels are never read), on the manifest's ``train`` split:
+
+    * every image: the position of random square crops, ``(cx, cy, side)`` as fractions of the
+      image (MSE; :class:`PositionCropDataset`) — self-supervised;
+    * with ``zones`` and rows with lung annotations (manual masks, lung boxes, JSRT/SCR
+      contours): the lung zone of zone patches (right/left × upper/middle/lower, mediastinum,
+      outside; :func:`leader.zones.zone_patches`, coarse box-derived zones excluded), by
+      cross-entropy — anatomy supervision from real annotations (issue 15).
+
+    Validation (``fit_report.json`` → ``validation``), on the ``val`` split: the position R²
+    of the expert's own regressor on fresh crops and, where val rows have lung annotations,
+    its zone accuracy and the zero-shot 5-NN zone accuracy of its embedding.
 
     Returns:
         ``out_dir`` with ``teacher.json``, ``model.safetensors``, ``regressor.safetensors``,
-        ``fit_log.csv`` and ``fit_report.json`` (per-epoch loss; mean absolute position error
-        in fractions of the image on a fixed set of crops).
+        ``fit_log.csv`` and ``fit_report.json``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     dev = pick_device(device)
-    train = manifest.subset((manifest.df["split"] == "train").to_numpy())
-    data = PositionCropDataset(train, img_size, crops_per_image=crops_per_image, seed=seed)
+    train = _split(manifest, "train")
+    crops = PositionCropDataset(train, img_size, crops_per_image=crops_per_image, seed=seed)
+    zt = _zone_table(train) if zones else None
+    parts: list[Dataset] = [_PositionTargets(crops)]
+    if zt is not None and len(zt):
+        parts.append(_ZoneTargets(train, zt, img_size))
+    data = ConcatDataset(parts)
     spec = InputSpec(size=img_size, channels=3)
     tk = dict(timm_kwargs or {})
     backbone = timm.create_model(arch, pretrained=False, num_classes=0, **tk).to(dev)
-    head = torch.nn.Linear(backbone.num_features, 3).to(dev)
+    head = torch.nn.Linear(backbone.num_features, 3 + len(ZONE_LABELS)).to(dev)
 
     class _EpochLoader:
         def __init__(self):
@@ -320,7 +396,7 @@ def fit_anatomy_expert(
             return math.ceil(len(data) / batch_size)
 
         def __iter__(self):
-            data.set_epoch(self.epoch)
+            crops.set_epoch(self.epoch)
             gen = torch.Generator().manual_seed(seed * 7919 + self.epoch)
             self.epoch += 1
             return iter(DataLoader(data, batch_size=batch_size, shuffle=True, generator=gen,
@@ -330,27 +406,63 @@ def fit_anatomy_expert(
     t0 = time.time()
     losses = _run_epochs(lambda x: head(backbone(spec.convert(x))),
                          list(backbone.parameters()) + list(head.parameters()),
-                         _EpochLoader(), F.mse_loss, epochs, lr, weight_decay, dev, precision,
+                         _EpochLoader(), _position_zone_loss, epochs, lr, weight_decay, dev, precision,
                          out / "fit_log.csv", "fit anatomy expert")
     seconds = time.time() - t0
     backbone.eval()
-    data.set_epoch(10_000)  # crops never used in training
-    errs = []
-    with torch.no_grad():
-        for batch in DataLoader(data, batch_size=64):
-            with autocast_context(dev, precision):
-                p = head(backbone(spec.convert(batch["image"].to(dev)))).float().cpu()
-            errs.append((p - batch["target"]).abs().numpy())
-    err = np.concatenate(errs).mean(axis=0)
-    from safetensors.torch import save_file  # noqa: PLC0415
-
+    validation = _anatomy_validation(backbone, head, spec, _split(manifest, "val"), img_size, crops_per_image,
+                                     seed, dev, precision, zones)
     save_teacher(backbone.cpu(), arch, tk, spec, name, out)
     save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
               str(out / "regressor.safetensors"))
     report = {"kind": "anatomy", "arch": arch, "img_size": img_size, "n_images": len(train),
-              "crops_per_image": crops_per_image, "epoch_loss": losses, "seconds": round(seconds, 1),
-              "mae_fresh_crops": {"cx": float(err[0]), "cy": float(err[1]), "side": float(err[2])},
-              "note": "mean absolute error on freshly drawn crops of the training images, in "
-                      "fractions of the image width/height"}
+              "crops_per_image": crops_per_image, "zone_patches": 0 if zt is None else int(len(zt)),
+              "epoch_loss": losses, "seconds": round(seconds, 1), "validation": validation,
+              "note": "validation: the manifest's val split (images the expert never saw); position R2 of its own "
+                      "regressor on fresh crops; zone accuracy of its own classifier and zero-shot 5-NN zone accuracy "
+                      "of its embedding on the val zone patches"}
     atomic_write_text(out / "fit_report.json", json.dumps(report, indent=2))
+    return out
+
+
+def _zone_table(manifest: Manifest) -> pd.DataFrame | None:
+    """Zone patches of the rows with lung annotations (coarse box zones left out), or ``None``."""
+    if not len(manifest):
+        return None
+    z = zone_patches(manifest, on_error="skip")
+    return z[~z["coarse"].to_numpy(bool)].reset_index(drop=True) if len(z) else None
+
+
+@torch.no_grad()
+def _anatomy_validation(backbone, head, spec, val: Manifest, img_size: int, crops_per_image: int, seed: int,
+                        dev, precision: str, zones: bool) -> dict:
+    out: dict = {"split": "val", "n_images": len(val)}
+    if not len(val):
+        return out
+
+    def run(ds) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        feats, preds, targets = [], [], []
+        for batch in DataLoader(ds, batch_size=64):
+            with autocast_context(dev, precision):
+                f = backbone(spec.convert(batch["image"].to(dev)))
+                p = head(f)
+            feats.append(f.float().cpu().numpy())
+            preds.append(p.float().cpu().numpy())
+            targets.append(batch["target"].numpy())
+        return np.concatenate(feats), np.concatenate(preds), np.concatenate(targets)
+
+    crops = PositionCropDataset(val, img_size, crops_per_image=crops_per_image, seed=seed + 10_000)
+    _, p, t = run(crops)
+    out["position_r2"] = float(r2_score(t, p[:, :3]))
+    bits = [f"val position R2 {out['position_r2']:.3f}"]
+    zt = _zone_table(val) if zones else None
+    if zt is not None and len(zt) > 5:
+        f, p, t = run(_ZoneTargets(val, zt, img_size))
+        y = t[:, 3].astype(int)
+        out["zone_accuracy"] = float(np.mean(p[:, 3:].argmax(1) == y))
+        out["zone_knn_accuracy"] = float(knn_accuracy(f, y, k=5))
+        out["zone_patches"] = int(len(zt))
+        bits.append(f"zone accuracy {out['zone_accuracy']:.3f}, zone 5-NN {out['zone_knn_accuracy']:.3f} "
+                    f"({len(zt)} patches)")
+    out["summary"] = ", ".join(bits) + f" ({len(val)} images)"
     return out

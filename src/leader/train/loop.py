@@ -175,6 +175,23 @@ class LossLog:
             self._tb.close()
 
 
+def _first_items(data, idx: list[int] | None, n: int, seed: int) -> list[dict]:
+    """``n`` un-augmented items of a map-style dataset (indices ``idx``) or of a stream's first epoch."""
+    if idx is not None:
+        return [dict(data[i]) for i in idx]
+    items: list[dict] = []
+    stream = data.rank_stream(stage=STAGE2 if getattr(data, "kind", "image") == "pair" else STAGE1, epoch=0,
+                              seed=seed, rank=0, world_size=1, micro_batch=64, num_workers=0, skip_micro=0,
+                              views=ViewPolicy("plain"))
+    for batch in stream:
+        keys = [k for k in batch if not k.startswith("_")]
+        for j in range(len(batch[keys[0]])):
+            items.append({k: batch[k][j] for k in keys})
+        if len(items) >= n:
+            break
+    return items[:n]
+
+
 def read_losses(path: str | Path) -> list[dict]:
     """Read ``losses.csv`` back as a list of dicts with float values (empty cells → NaN)."""
     rows = []
@@ -250,6 +267,7 @@ class Trainer:
         self.stage_heads = {STAGE1: cfg.stage_teachers(STAGE1, self.teachers),
                             STAGE2: cfg.stage_teachers(STAGE2, self.teachers)}
         self.weights = {n: float(cfg.teacher(n).weight) for n in self.teachers}
+        self.target_norm = {n: cfg.teacher(n).target_norm for n in self.teachers}
         dcfg = cfg.distributed
         self.dist, dev = D.setup(device if device is not None else cfg.device,
                                  backend=dcfg.backend, timeout_s=float(dcfg.timeout_s))
@@ -498,6 +516,49 @@ class Trainer:
         log.info("resumed from %s at %s", path, self.position)
         return True
 
+    # ------------------------------------------------------------------ target statistics
+    @torch.no_grad()
+    def _set_target_stats(self, stage1_data, stage2_data) -> None:
+        """Fix the normalisation of every head whose teacher has ``target_norm`` (not ``none``)
+        from the teachers' embeddings of up to ``target_stats.samples`` un-augmented training
+        samples of the stages the teacher is distilled in (images, and patches in stage 2).
+
+        Every rank computes the same statistics (same samples, same frozen teachers); they are
+        saved in the heads' buffers, so a resumed run reuses them.
+        """
+        todo = [n for n, v in self.target_norm.items() if v != "none"]
+        if not todo:
+            return
+        tcfg = self.cfg.target_stats
+        gen = torch.Generator().manual_seed(int(self.cfg.seed) * 31 + 7)
+        for name in todo:
+            sets = [(d, k) for st, d in ((STAGE1, stage1_data), (STAGE2, stage2_data))
+                    if d is not None and name in self.stage_heads[st] for k in (("image",) if st == STAGE1
+                                                                                 else ("image", "patch"))]
+            embs = []
+            for data, key in sets:
+                n = min(len(data), max(1, tcfg.samples // max(len(sets), 1)))
+                idx = torch.randperm(len(data), generator=gen)[:n].tolist() if hasattr(data, "__getitem__") else None
+                items = _first_items(data, idx, n, int(self.cfg.seed))
+                for i in range(0, len(items), tcfg.batch_size):
+                    chunk = items[i:i + tcfg.batch_size]
+                    x = torch.stack([it[key] for it in chunk]).to(self.device)
+                    ids = [str(it["id" if key == "image" and "id" in it else ("image_id" if key == "image" else
+                                                                               "patch_id")]) for it in chunk]
+                    with autocast_context(self.device, self.cfg.precision):
+                        embs.append(self.teachers[name].embed(x, ids=ids).float().cpu())
+            if not embs:
+                continue
+            e = torch.cat(embs)
+            mean, std = e.mean(0), e.std(0)
+            if self.target_norm[name] == "global":
+                scale = std.pow(2).mean().sqrt().expand_as(std)
+            else:
+                scale = std.clamp_min(float(std.mean()) * 1e-3 + 1e-8)
+            self.model.heads[name].set_target_stats(mean, scale)
+            log.info("teacher %s: target statistics (%s) from %d samples; |mean| %.3g, mean std %.3g",
+                     name, self.target_norm[name], e.shape[0], float(mean.norm()), float(std.mean()))
+
     # ------------------------------------------------------------------ full states (FSDP)
     def _model_state(self):
         """Full weights for saving: ``None`` (use ``model.state_dict()``) unless FSDP-sharded,
@@ -576,6 +637,9 @@ class Trainer:
         total = None
         for h in heads:
             pred = out[h].float()
+            if self.target_norm[h] != "none":  # the loss lives in the head's normalised teacher space
+                head = self.model.heads[h]
+                pred, targets[h] = head.normalise(pred), head.normalise(targets[h])
             if nv == 0:  # all padding: zero loss that still reaches every parameter in use
                 li = pred.sum() * 0.0
                 parts[f"loss_{h}_image"] = li
@@ -843,6 +907,8 @@ class Trainer:
         resumed = self.resume() if resume else False
         if resumed:
             self._load_skip_report()
+        else:
+            self._set_target_stats(stage1_data, stage2_data)
         # the log keeps the steps of the checkpoint resumed from (none when starting over,
         # e.g. after a kill before the first checkpoint); later rows are recomputed
         log_file = (LossLog(self.out / "losses.csv", list(self.teachers), keep_until_step=self.position["step"])
