@@ -21,7 +21,7 @@ from leader.errors import BoxError, ImageReadError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest, normalize_view
 
 from ._common import (IMAGE_SUFFIXES, UnknownLabelWarning, check_on_error, json_id, json_size, load_coco,
-                      read_size, read_sizes, record_note)
+                      read_size, read_sizes, read_utf8_or_latin1, record_note)
 from .frames import aspect_differs, frame_scale, map_xywh
 
 __all__ = ["read_ieee8023", "ieee8023_finding_labels", "IEEE8023_FINDINGS", "IEEE8023_LABELS", "DATASET"]
@@ -128,14 +128,7 @@ def ieee8023_finding_labels(finding) -> tuple[dict[str, float], bool, bool]:
 
 def _records(meta: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and ``(start line, row dict)`` of every record (quoted fields may span lines)."""
-    try:
-        raw = meta.read_bytes()
-    except OSError as e:
-        raise ManifestError(f"{meta}: cannot read metadata CSV: {e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # the upstream file is Latin-1
+    text = read_utf8_or_latin1(meta)  # the upstream file is Latin-1
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
