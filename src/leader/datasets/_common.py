@@ -740,6 +740,35 @@ def load_coco(jp: Path) -> dict:
     return coco
 
 
+def coco_objects(jp: Path, coco: dict, key: str) -> Iterator[tuple[int, dict]]:
+    """``(index, entry)`` of each entry of ``coco[key]`` (``"images"``, ``"annotations"``,
+    ``"categories"``), checked one at a time as the caller reaches it.
+
+    Raises:
+        ManifestError: ``"<jp>: <key>[<index>] must be an object, got ..."`` for an entry that
+            is not a JSON object.
+    """
+    for k, entry in enumerate(coco[key]):
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{jp}: {key}[{k}] must be an object, got {entry!r}")
+        yield k, entry
+
+
+def coco_image(jp: Path, k: int, im: dict) -> tuple[int | str, str]:
+    """``(id, file_name)`` of the COCO ``images[k]`` object ``im``; the file name is returned as
+    written (not stripped).
+
+    Raises:
+        ManifestError: an id that is not an integer or string, or a missing / blank
+            ``file_name`` (names the image id).
+    """
+    iid = json_id(jp, f"images[{k}].id", im.get("id"))
+    fn = im.get("file_name")
+    if not isinstance(fn, str) or not fn.strip():
+        raise ManifestError(f"{jp}: image id {iid!r} has no file_name")
+    return iid, fn
+
+
 def is_json_id(v) -> bool:
     return (isinstance(v, int) and not isinstance(v, bool)) or isinstance(v, str)
 

@@ -20,8 +20,8 @@ import numpy as np
 from leader.errors import BoxError, ImageReadError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest, normalize_view
 
-from ._common import (IMAGE_SUFFIXES, UnknownLabelWarning, check_on_error, json_id, json_size, load_coco,
-                      read_size, read_sizes, read_utf8_or_latin1, record_note)
+from ._common import (IMAGE_SUFFIXES, UnknownLabelWarning, check_on_error, coco_image, coco_objects, json_id,
+                      json_size, load_coco, read_size, read_sizes, read_utf8_or_latin1, record_note)
 from .frames import aspect_differs, frame_scale, map_xywh
 
 __all__ = ["read_ieee8023", "ieee8023_finding_labels", "IEEE8023_FINDINGS", "IEEE8023_LABELS", "DATASET"]
@@ -210,13 +210,8 @@ def _lung_boxes(jp: Path) -> dict[str, dict]:
         cats[json_id(jp, f"categories[{k}].id", c.get("id"))] = " ".join(c["name"].split()).lower()
     by_id: dict = {}
     out: dict[str, dict] = {}
-    for k, im in enumerate(coco["images"]):
-        if not isinstance(im, dict):
-            raise ManifestError(f"{jp}: images[{k}] must be an object, got {im!r}")
-        iid = json_id(jp, f"images[{k}].id", im.get("id"))
-        fn = im.get("file_name")
-        if not isinstance(fn, str) or not fn.strip():
-            raise ManifestError(f"{jp}: image id {iid!r} has no file_name")
+    for k, im in coco_objects(jp, coco, "images"):
+        iid, fn = coco_image(jp, k, im)
         if iid in by_id:
             raise ManifestError(f"{jp}: duplicate image id {iid!r} ({fn})")
         info = {"w": json_size(jp, iid, "width", im.get("width")), "h": json_size(jp, iid, "height", im.get("height")),
@@ -224,9 +219,7 @@ def _lung_boxes(jp: Path) -> dict[str, dict]:
         by_id[iid] = info
         out[info["file"]] = info
     ignored = []
-    for k, a in enumerate(coco["annotations"]):
-        if not isinstance(a, dict):
-            raise ManifestError(f"{jp}: annotations[{k}] must be an object, got {a!r}")
+    for k, a in coco_objects(jp, coco, "annotations"):
         aid = a.get("id", f"#{k}")
         info = by_id.get(a.get("image_id"))
         if info is None:
