@@ -14,6 +14,7 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -197,6 +198,22 @@ def _find_masks(root: Path, filenames: list[str]) -> tuple[list[str | None], lis
     man = [manual.get(f) or manual.get(os.path.splitext(f)[0]) for f in filenames]
     gen = [generated.get(os.path.splitext(f)[0]) for f in filenames]
     return man, gen
+
+
+def _annotation_file(root: Path, name: str, read: Callable[[Path], dict], filenames: Sequence[str], meta: Path,
+                     what: str) -> tuple[Path | None, dict]:
+    """``(path, read(path))`` of ``annotations/<name>`` (or ``<name>``) under ``root``,
+    ``(None, {})`` when neither exists; the keys (file names) that are not in ``filenames`` are recorded in one
+    "annotation without image" note ("<name>: <n> <what> image(s) not in <metadata>")."""
+    path = next((p for p in (root / "annotations" / name, root / name) if p.is_file()), None)
+    if path is None:
+        return None, {}
+    out = read(path)
+    orphans = sorted(set(out) - set(filenames))
+    if orphans:
+        record_note("annotation without image", DATASET, f"{path.name}: {len(orphans)} {what} image(s) not in "
+                    f"{meta.name}", files=orphans)
+    return path, out
 
 
 def _lung_boxes(jp: Path) -> dict[str, dict]:
@@ -404,21 +421,10 @@ def read_ieee8023(root: Path, meta: Path, *, check_files: bool = True, on_error:
         infos = [None] * len(ids)
 
     # ---- anatomy annotations ------------------------------------------------------------
-    jp = next((p for p in (root / "annotations" / "imageannotation_ai_lung_bounding_boxes.json",
-                           root / "imageannotation_ai_lung_bounding_boxes.json") if p.is_file()), None)
-    lung = _lung_boxes(jp) if jp is not None else {}
-    orphans = sorted(set(lung) - set(filenames))
-    if orphans:
-        record_note("annotation without image", DATASET, f"{jp.name}: {len(orphans)} annotated image(s) not in "
-                    f"{meta.name}", files=orphans)
+    jp, lung = _annotation_file(root, "imageannotation_ai_lung_bounding_boxes.json", _lung_boxes, filenames, meta,
+                                "annotated")
     man, gen = _find_masks(root, filenames)
-    sev_path = next((p for p in (root / "annotations" / "covid-severity-scores.csv",
-                                 root / "covid-severity-scores.csv") if p.is_file()), None)
-    severity = _severity(sev_path) if sev_path is not None else {}
-    sev_orphans = sorted(set(severity) - set(filenames))
-    if sev_orphans:
-        record_note("annotation without image", DATASET, f"{sev_path.name}: {len(sev_orphans)} scored image(s) "
-                    f"not in {meta.name}", files=sev_orphans)
+    _, severity = _annotation_file(root, "covid-severity-scores.csv", _severity, filenames, meta, "scored")
 
     records, unknown, skewed = [], [], []
     bad_masks = []
