@@ -12,7 +12,7 @@ import re
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 from leader.errors import ImageReadError, ManifestError, skip_report  # noqa: F401 - re-exported (one implementation, in errors)
 
@@ -276,6 +276,37 @@ def find_first(root: Path, patterns: Sequence[str], max_depth: int = 3) -> list[
     return [h[2] for h in hits]
 
 
+def find_required(root: Path, patterns: Sequence[str], what: str, max_depth: int = 3) -> list[Path]:
+    """:func:`find_first`, or :class:`~leader.errors.ManifestError`
+    ``"<root>: no <what> found"`` when nothing matches."""
+    hits = find_first(root, patterns, max_depth=max_depth)
+    if not hits:
+        raise ManifestError(f"{root}: no {what} found")
+    return hits
+
+
+def as_paths(files: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """One path (``str`` / ``PathLike``) or a sequence of them as a list of :class:`Path`
+    (nothing is checked on disk)."""
+    return [Path(files)] if isinstance(files, (str, os.PathLike)) else [Path(f) for f in files]
+
+
+def split_files(root: Path, metadata, patterns: Sequence[str], what: str,
+                split_of: Callable[[Path], str], max_depth: int) -> list[Path]:
+    """Per-split metadata files: explicit ``metadata`` (:func:`as_paths`, in the given order),
+    else those matching ``patterns`` under ``root`` (:func:`find_required`) sorted train, val,
+    test by ``split_of(path)`` and then by path.
+
+    Raises:
+        ManifestError: nothing found (``"<root>: no <what> found"``), or whatever ``split_of``
+            raises for a found file it cannot place.
+    """
+    if metadata is not None:
+        return as_paths(metadata)
+    files = find_required(root, patterns, what, max_depth=max_depth)
+    return sorted(files, key=lambda f: (["train", "val", "test"].index(split_of(f)), str(f)))
+
+
 def _glob_to_re(pat: str) -> str:
     import fnmatch
 
@@ -341,6 +372,23 @@ def _decode_utf8(path: Path, data: bytes, what: str) -> str:
         col = start - (data.rfind(b"\n", 0, start) + 1) + 1
         raise ManifestError(f"{path}: line {line}: cannot read {what}: byte 0x{data[start]:02x} at column "
                             f"{col} is not valid UTF-8 (re-save the file as UTF-8)") from None
+
+
+def read_utf8_or_latin1(path: str | os.PathLike, what: str = "metadata CSV") -> str:
+    """The text of ``path``: UTF-8 (a BOM is dropped), or Latin-1 when it is not valid UTF-8
+    (some public metadata files, e.g. the COVID-19 image collection's, are Latin-1).
+
+    Raises:
+        ManifestError: ``"<path>: cannot read <what>: ..."`` when the file cannot be read.
+    """
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise ManifestError(f"{path}: cannot read {what}: {e}") from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
 
 
 def check_csv_rows(path: Path | str, data: bytes, what: str = "metadata CSV") -> list[str]:
@@ -620,9 +668,7 @@ def resolve_metadata(root: Path, metadata, patterns: Sequence[str], what: str, m
     """Explicit ``metadata`` files (str / path / list) or those matching ``patterns`` under
     ``root``; raises :class:`~leader.errors.ManifestError` when none is found."""
     if metadata is not None:
-        if isinstance(metadata, (str, os.PathLike)):
-            metadata = [metadata]
-        out = [Path(m) for m in metadata]
+        out = as_paths(metadata)
         for p in out:
             if not p.is_file():
                 raise ManifestError(f"{p}: {what} not found")
@@ -664,6 +710,35 @@ def load_coco(jp: Path) -> dict:
             raise ManifestError(f"{jp}: '{key}' must be a list, got {type(v).__name__}")
         coco[key] = v
     return coco
+
+
+def coco_objects(jp: Path, coco: dict, key: str) -> Iterator[tuple[int, dict]]:
+    """``(index, entry)`` of each entry of ``coco[key]`` (``"images"``, ``"annotations"``,
+    ``"categories"``), checked one at a time as the caller reaches it.
+
+    Raises:
+        ManifestError: ``"<jp>: <key>[<index>] must be an object, got ..."`` for an entry that
+            is not a JSON object.
+    """
+    for k, entry in enumerate(coco[key]):
+        if not isinstance(entry, dict):
+            raise ManifestError(f"{jp}: {key}[{k}] must be an object, got {entry!r}")
+        yield k, entry
+
+
+def coco_image(jp: Path, k: int, im: dict) -> tuple[int | str, str]:
+    """``(id, file_name)`` of the COCO ``images[k]`` object ``im``; the file name is returned as
+    written (not stripped).
+
+    Raises:
+        ManifestError: an id that is not an integer or string, or a missing / blank
+            ``file_name`` (names the image id).
+    """
+    iid = json_id(jp, f"images[{k}].id", im.get("id"))
+    fn = im.get("file_name")
+    if not isinstance(fn, str) or not fn.strip():
+        raise ManifestError(f"{jp}: image id {iid!r} has no file_name")
+    return iid, fn
 
 
 def is_json_id(v) -> bool:

@@ -49,8 +49,8 @@ import numpy as np
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest
 
-from .frames import frame_scale
-from ._common import UnknownLabelWarning, as_root, check_on_error, find_first, stored_sizes, table_manifest
+from .frames import assumed_size, frame_scale
+from ._common import UnknownLabelWarning, as_root, check_on_error, split_files, stored_sizes, table_manifest
 
 __all__ = ["read_chestx_det", "CHESTX_DET_CLASSES"]
 
@@ -91,13 +91,8 @@ def read_chestx_det(
     if on_unknown not in ("raise", "keep"):
         raise ValueError(f"on_unknown must be 'raise' or 'keep', got {on_unknown!r}")
     root = as_root(root)
-    if metadata is None:
-        files = find_first(root, ["ChestX_Det*.json", "train.json", "test.json"], max_depth=2)
-        if not files:
-            raise ManifestError(f"{root}: no ChestX-Det JSON (ChestX_Det_train.json / train.json) found")
-        files = sorted(files, key=lambda f: (["train", "val", "test"].index(_split_of(f)), str(f)))
-    else:
-        files = [Path(metadata)] if isinstance(metadata, (str, os.PathLike)) else [Path(f) for f in metadata]
+    files = split_files(root, metadata, ["ChestX_Det*.json", "train.json", "test.json"],
+                        "ChestX-Det JSON (ChestX_Det_train.json / train.json)", _split_of, max_depth=2)
 
     entries: list[dict] = []
     seen: dict[str, str] = {}
@@ -171,12 +166,7 @@ def read_chestx_det(
     paths = np.array([found.get(e["fn"]) or str(root / e["split"] / e["fn"]) for e in entries], dtype=object)
     stems = [os.path.splitext(e["fn"])[0] for e in entries]
     ids = np.array([f"chestx-det/{s}" for s in stems], dtype=object)
-    if stored_size is None:
-        dw = dh = FRAME
-    elif isinstance(stored_size, (tuple, list)):
-        dw, dh = float(stored_size[0]), float(stored_size[1])
-    else:
-        dw = dh = float(stored_size)
+    dw, dh = assumed_size(stored_size, FRAME)
     w, h, sp_mm, keep = stored_sizes("chestx-det", root, ids, paths, check_files, on_error, dw, dh)
     names = [c for c in CHESTX_DET_CLASSES if c in vocab] + [c for c in vocab if c not in CHESTX_DET_CLASSES]
     col = {c: j for j, c in enumerate(names)}

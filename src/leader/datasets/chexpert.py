@@ -76,7 +76,7 @@ from ._common import (UnknownLabelWarning, as_root, check_on_error, read_table, 
 
 __all__ = [
     "read_chexpert", "CHEXPERT_LABELS", "UNCERTAIN_POLICIES", "BLANK_POLICIES",
-    "chexpert_values", "check_policy", "parse_policy",
+    "chexpert_values", "check_policy", "parse_policy", "label_policies",
 ]
 
 log = logging.getLogger(__name__)
@@ -123,6 +123,20 @@ def parse_policy(text: str) -> dict[str, str]:
         else:
             raise ValueError(f"unknown policy key {k!r} (expected 'uncertain' or 'blank')")
     return out
+
+
+def label_policies(uncertain: str, blank: str, policy: str | None = None) -> tuple[str, str]:
+    """The canonical ``(uncertain, blank)`` policy names a CheXpert-labelled reader applies:
+    ``policy`` text (:func:`parse_policy`, e.g. ``"uncertain=ignore, blank=0"``) overrides the
+    values it names; each is checked with :func:`check_policy`.
+
+    Raises:
+        ValueError: an unknown policy key or name.
+    """
+    if policy is not None:
+        pol = parse_policy(policy)
+        uncertain, blank = pol.get("uncertain", uncertain), pol.get("blank", blank)
+    return check_policy(uncertain, UNCERTAIN_POLICIES, "uncertain"), check_policy(blank, BLANK_POLICIES, "blank")
 
 
 def chexpert_values(
@@ -231,11 +245,7 @@ def read_chexpert(
         ValueError: unknown policy name.
     """
     check_on_error(on_error)
-    if policy is not None:
-        pol = parse_policy(policy)
-        uncertain, blank = pol.get("uncertain", uncertain), pol.get("blank", blank)
-    check_policy(uncertain, UNCERTAIN_POLICIES, "uncertain")
-    check_policy(blank, BLANK_POLICIES, "blank")
+    uncertain, blank = label_policies(uncertain, blank, policy)
     root = as_root(root)
     files = resolve_metadata(root, metadata, ["train.csv", "valid.csv", "train.csv.gz", "valid.csv.gz"],
                              "CheXpert train.csv / valid.csv")

@@ -125,7 +125,7 @@ import pandas as pd
 from leader.errors import ManifestError
 from leader.manifest import Manifest, make_manifest, normalize_view
 
-from ._common import IMAGE_SUFFIXES, as_root, check_on_error, read_sizes
+from ._common import IMAGE_SUFFIXES, as_root, check_on_error, read_sizes, read_utf8_or_latin1
 
 __all__ = ["read_covid_metadata", "covid_finding_labels"]
 
@@ -149,14 +149,7 @@ def covid_finding_labels(finding) -> tuple[float, float, bool]:
 
 
 def _read_csv_text(path: Path) -> pd.DataFrame:
-    try:
-        raw = path.read_bytes()
-    except OSError as e:
-        raise ManifestError(f"{path}: cannot read metadata CSV: {e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # some COVID metadata files are Latin-1
+    text = read_utf8_or_latin1(path)  # some COVID metadata files are Latin-1
     try:
         df = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_values=[""])
     except (pd.errors.ParserError, ValueError) as e:  # ValueError: EmptyDataError

@@ -14,14 +14,15 @@ import os
 import re
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import numpy as np
 
 from leader.errors import BoxError, ImageReadError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest, normalize_view
 
-from ._common import (IMAGE_SUFFIXES, UnknownLabelWarning, check_on_error, json_id, json_size, load_coco,
-                      read_size, read_sizes, record_note)
+from ._common import (IMAGE_SUFFIXES, UnknownLabelWarning, check_on_error, coco_image, coco_objects, json_id,
+                      json_size, load_coco, read_size, read_sizes, read_utf8_or_latin1, record_note)
 from .frames import aspect_differs, frame_scale, map_xywh
 
 __all__ = ["read_ieee8023", "ieee8023_finding_labels", "IEEE8023_FINDINGS", "IEEE8023_LABELS", "DATASET"]
@@ -128,14 +129,7 @@ def ieee8023_finding_labels(finding) -> tuple[dict[str, float], bool, bool]:
 
 def _records(meta: Path) -> tuple[list[str], list[tuple[int, dict]]]:
     """Header and ``(start line, row dict)`` of every record (quoted fields may span lines)."""
-    try:
-        raw = meta.read_bytes()
-    except OSError as e:
-        raise ManifestError(f"{meta}: cannot read metadata CSV: {e}") from None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError:
-        text = raw.decode("latin-1")  # the upstream file is Latin-1
+    text = read_utf8_or_latin1(meta)  # the upstream file is Latin-1
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
@@ -206,6 +200,22 @@ def _find_masks(root: Path, filenames: list[str]) -> tuple[list[str | None], lis
     return man, gen
 
 
+def _annotation_file(root: Path, name: str, read: Callable[[Path], dict], filenames: Sequence[str], meta: Path,
+                     what: str) -> tuple[Path | None, dict]:
+    """``(path, read(path))`` of ``annotations/<name>`` (or ``<name>``) under ``root``,
+    ``(None, {})`` when neither exists; the keys (file names) that are not in ``filenames`` are recorded in one
+    "annotation without image" note ("<name>: <n> <what> image(s) not in <metadata>")."""
+    path = next((p for p in (root / "annotations" / name, root / name) if p.is_file()), None)
+    if path is None:
+        return None, {}
+    out = read(path)
+    orphans = sorted(set(out) - set(filenames))
+    if orphans:
+        record_note("annotation without image", DATASET, f"{path.name}: {len(orphans)} {what} image(s) not in "
+                    f"{meta.name}", files=orphans)
+    return path, out
+
+
 def _lung_boxes(jp: Path) -> dict[str, dict]:
     """``{file_name: {"w", "h", "boxes": [(label, x, y, w, h, ann id)]}}`` of the lung-box JSON;
     null-coordinate annotations are left out with a note."""
@@ -217,13 +227,8 @@ def _lung_boxes(jp: Path) -> dict[str, dict]:
         cats[json_id(jp, f"categories[{k}].id", c.get("id"))] = " ".join(c["name"].split()).lower()
     by_id: dict = {}
     out: dict[str, dict] = {}
-    for k, im in enumerate(coco["images"]):
-        if not isinstance(im, dict):
-            raise ManifestError(f"{jp}: images[{k}] must be an object, got {im!r}")
-        iid = json_id(jp, f"images[{k}].id", im.get("id"))
-        fn = im.get("file_name")
-        if not isinstance(fn, str) or not fn.strip():
-            raise ManifestError(f"{jp}: image id {iid!r} has no file_name")
+    for k, im in coco_objects(jp, coco, "images"):
+        iid, fn = coco_image(jp, k, im)
         if iid in by_id:
             raise ManifestError(f"{jp}: duplicate image id {iid!r} ({fn})")
         info = {"w": json_size(jp, iid, "width", im.get("width")), "h": json_size(jp, iid, "height", im.get("height")),
@@ -231,9 +236,7 @@ def _lung_boxes(jp: Path) -> dict[str, dict]:
         by_id[iid] = info
         out[info["file"]] = info
     ignored = []
-    for k, a in enumerate(coco["annotations"]):
-        if not isinstance(a, dict):
-            raise ManifestError(f"{jp}: annotations[{k}] must be an object, got {a!r}")
+    for k, a in coco_objects(jp, coco, "annotations"):
         aid = a.get("id", f"#{k}")
         info = by_id.get(a.get("image_id"))
         if info is None:
@@ -418,21 +421,10 @@ def read_ieee8023(root: Path, meta: Path, *, check_files: bool = True, on_error:
         infos = [None] * len(ids)
 
     # ---- anatomy annotations ------------------------------------------------------------
-    jp = next((p for p in (root / "annotations" / "imageannotation_ai_lung_bounding_boxes.json",
-                           root / "imageannotation_ai_lung_bounding_boxes.json") if p.is_file()), None)
-    lung = _lung_boxes(jp) if jp is not None else {}
-    orphans = sorted(set(lung) - set(filenames))
-    if orphans:
-        record_note("annotation without image", DATASET, f"{jp.name}: {len(orphans)} annotated image(s) not in "
-                    f"{meta.name}", files=orphans)
+    jp, lung = _annotation_file(root, "imageannotation_ai_lung_bounding_boxes.json", _lung_boxes, filenames, meta,
+                                "annotated")
     man, gen = _find_masks(root, filenames)
-    sev_path = next((p for p in (root / "annotations" / "covid-severity-scores.csv",
-                                 root / "covid-severity-scores.csv") if p.is_file()), None)
-    severity = _severity(sev_path) if sev_path is not None else {}
-    sev_orphans = sorted(set(severity) - set(filenames))
-    if sev_orphans:
-        record_note("annotation without image", DATASET, f"{sev_path.name}: {len(sev_orphans)} scored image(s) "
-                    f"not in {meta.name}", files=sev_orphans)
+    _, severity = _annotation_file(root, "covid-severity-scores.csv", _severity, filenames, meta, "scored")
 
     records, unknown, skewed = [], [], []
     bad_masks = []

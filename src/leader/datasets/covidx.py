@@ -53,7 +53,7 @@ import numpy as np
 from leader.errors import ManifestError
 from leader.manifest import Manifest
 
-from ._common import as_root, check_on_error, find_first, stored_sizes, table_manifest
+from ._common import as_root, check_on_error, split_files, stored_sizes, table_manifest
 
 __all__ = ["read_covidx", "parse_covidx_line", "COVIDX_CLASSES"]
 
@@ -118,13 +118,8 @@ def read_covidx(
     """
     check_on_error(on_error)
     root = as_root(root)
-    if metadata is None:
-        files = find_first(root, ["train*.txt", "val*.txt", "test*.txt"], max_depth=0)
-        if not files:
-            raise ManifestError(f"{root}: no COVIDx split file (train.txt / test.txt) found")
-        files = sorted(files, key=lambda f: (["train", "val", "test"].index(_split_of(f)), str(f)))
-    else:
-        files = [Path(metadata)] if isinstance(metadata, (str, os.PathLike)) else [Path(f) for f in metadata]
+    files = split_files(root, metadata, ["train*.txt", "val*.txt", "test*.txt"],
+                        "COVIDx split file (train.txt / test.txt)", _split_of, max_depth=0)
     rows = []
     seen: dict[str, str] = {}
     for f in files:

@@ -45,7 +45,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["ANNOTATION_FRAMES", "frame_scale", "map_xywh", "map_points", "aspect_differs"]
+__all__ = ["ANNOTATION_FRAMES", "frame_scale", "map_xywh", "map_points", "aspect_differs", "assumed_size"]
 
 #: dataset (or ``dataset:kind``) -> the published frame, as documented above.
 ANNOTATION_FRAMES: dict[str, str] = {
@@ -86,6 +86,18 @@ def frame_scale(stored: Sequence[float], frame: Sequence[float]) -> tuple[float,
     sw, sh = _positive(stored[0], "stored width"), _positive(stored[1], "stored height")
     fw, fh = _positive(frame[0], "frame width"), _positive(frame[1], "frame height")
     return sw / fw, sh / fh
+
+
+def assumed_size(stored_size: float | Sequence[float] | None, frame: float) -> tuple[float, float]:
+    """The stored ``(width, height)`` in pixels that a reader assumes when it opens no image
+    (``check_files=False``): its ``stored_size`` option -- one number for a square image or
+    ``(width, height)`` -- else the square published ``frame`` (e.g. 1024 for ChestX-Det and
+    NODE21). No check here: :func:`frame_scale` refuses a size that is not positive."""
+    if stored_size is None:
+        return float(frame), float(frame)
+    if isinstance(stored_size, (tuple, list)):
+        return float(stored_size[0]), float(stored_size[1])
+    return float(stored_size), float(stored_size)
 
 
 def map_xywh(x: float, y: float, w: float, h: float, scale: Sequence[float]) -> tuple[float, float, float, float]:

@@ -53,10 +53,9 @@ import pandas as pd
 from leader.errors import ManifestError
 from leader.manifest import Manifest, normalize_view
 
-from ._common import (UnknownLabelWarning, UnreadableRowWarning, as_root, check_on_error, csv_header,
-                      find_first, read_table, require_columns, stored_sizes, table_manifest, warn_rows)
-from .chexpert import (BLANK_POLICIES, CHEXPERT_LABELS, UNCERTAIN_POLICIES, check_policy, chexpert_values,
-                       parse_policy)
+from ._common import (UnknownLabelWarning, UnreadableRowWarning, as_paths, as_root, check_on_error,
+                      csv_header, find_first, read_table, require_columns, stored_sizes, table_manifest, warn_rows)
+from .chexpert import CHEXPERT_LABELS, chexpert_values, label_policies
 
 __all__ = ["read_mimic", "MIMIC_SPLITS"]
 
@@ -124,18 +123,14 @@ def read_mimic(
         ValueError: unknown policy / labeler.
     """
     check_on_error(on_error)
-    if policy is not None:
-        pol = parse_policy(policy)
-        uncertain, blank = pol.get("uncertain", uncertain), pol.get("blank", blank)
-    check_policy(uncertain, UNCERTAIN_POLICIES, "uncertain")
-    check_policy(blank, BLANK_POLICIES, "blank")
+    uncertain, blank = label_policies(uncertain, blank, policy)
     if labeler not in ("chexpert", "negbio"):
         raise ValueError(f"labeler must be 'chexpert' or 'negbio', got {labeler!r}")
     root = as_root(root)
     if metadata is None:
         files = find_first(root, ["mimic-cxr-2.*.csv", "mimic-cxr-2.*.csv.gz"], max_depth=2)
     else:
-        files = [Path(metadata)] if isinstance(metadata, (str, os.PathLike)) else [Path(f) for f in metadata]
+        files = as_paths(metadata)
     kinds = _classify(files)
     if "metadata" not in kinds:
         raise ManifestError(f"{root}: no MIMIC-CXR metadata CSV (mimic-cxr-2.0.0-metadata.csv[.gz]) found")

@@ -57,7 +57,8 @@ from leader.errors import BoxError, ManifestError
 from leader.manifest import LABEL_PREFIX, Box, Manifest, make_manifest
 
 from .frames import frame_scale
-from ._common import _decode_utf8, _read_bytes, as_root, check_csv_rows, check_on_error, find_first, read_sizes
+from ._common import (_decode_utf8, _read_bytes, as_root, check_csv_rows, check_on_error, find_first, find_required,
+                      read_sizes)
 
 __all__ = ["read_nih", "NIH_LABELS", "NIH_BOX_LABEL_MAP", "read_bbox_list"]
 
@@ -290,9 +291,8 @@ def read_nih(
     check_on_error(on_error)
     root = as_root(root)
     if data_entry is None:
-        cands = find_first(root, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], max_depth=1)
-        if not cands:
-            raise ManifestError(f"{root}: no Data_Entry_2017*.csv[.gz] found")
+        cands = find_required(root, ["Data_Entry_2017*.csv", "Data_Entry_2017*.csv.gz"], "Data_Entry_2017*.csv[.gz]",
+                              max_depth=1)
         # prefer the shallowest, then the newest release (v2020 sorts after the 2017 file),
         # then the uncompressed copy
         depth0 = min(len(p.relative_to(root).parts) for p in cands)

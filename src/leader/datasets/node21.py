@@ -40,7 +40,7 @@ import pandas as pd
 from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest
 
-from .frames import frame_scale
+from .frames import assumed_size, frame_scale
 from ._common import (as_root, check_on_error, read_table, require_columns, resolve_metadata, stored_sizes,
                       table_manifest)
 
@@ -93,12 +93,7 @@ def read_node21(
     paths = np.array([str(img_dir / i) for i in order], dtype=object)
     stems = [os.path.splitext(i)[0] for i in order]
     ids = np.array([f"node21/{s}" for s in stems], dtype=object)
-    if stored_size is None:
-        dw = dh = FRAME
-    elif isinstance(stored_size, (tuple, list)):
-        dw, dh = float(stored_size[0]), float(stored_size[1])
-    else:
-        dw = dh = float(stored_size)
+    dw, dh = assumed_size(stored_size, FRAME)
     w, h, sp_mm, keep = stored_sizes("node21", root, ids, paths, check_files, on_error, dw, dh)
     boxes = []
     for k, i in enumerate(order):

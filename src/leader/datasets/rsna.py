@@ -31,7 +31,7 @@ from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, normalize_view
 
 from .frames import frame_scale
-from ._common import as_root, check_on_error, find_first, read_table, stored_sizes, table_manifest
+from ._common import as_root, check_on_error, find_first, find_required, read_table, stored_sizes, table_manifest
 
 __all__ = ["read_rsna", "read_rsna_labels"]
 
@@ -112,11 +112,8 @@ def read_rsna(
     check_on_error(on_error)
     root = as_root(root)
     if labels_csv is None:
-        cands = find_first(root, ["*train_labels*.csv", "*train_labels*.csv.zip", "*train_labels*.csv.gz"],
-                           max_depth=1)
-        if not cands:
-            raise ManifestError(f"{root}: no RSNA *train_labels*.csv found")
-        labels_csv = cands[0]
+        labels_csv = find_required(root, ["*train_labels*.csv", "*train_labels*.csv.zip", "*train_labels*.csv.gz"],
+                                   "RSNA *train_labels*.csv", max_depth=1)[0]
     lab = read_rsna_labels(labels_csv)
     normal_ids: set[str] = set()
     cls = [Path(class_info)] if class_info is not None else find_first(

@@ -34,7 +34,7 @@ from leader.errors import ManifestError
 from leader.manifest import Manifest, make_manifest, normalize_view
 
 from .masks import SIIM_FRAME
-from ._common import as_root, check_on_error, find_first, read_sizes, read_table
+from ._common import as_root, check_on_error, find_required, read_sizes, read_table
 
 __all__ = ["read_siim", "read_siim_rle", "read_siim_encodings"]
 
@@ -133,10 +133,7 @@ def read_siim(
     check_on_error(on_error)
     root = as_root(root)
     if rle_csv is None:
-        cands = find_first(root, ["*rle*.csv", "*rle*.csv.gz"], max_depth=2)
-        if not cands:
-            raise ManifestError(f"{root}: no SIIM RLE CSV (*rle*.csv[.gz]) found")
-        rle_csv = cands[0]
+        rle_csv = find_required(root, ["*rle*.csv", "*rle*.csv.gz"], "SIIM RLE CSV (*rle*.csv[.gz])", max_depth=2)[0]
     encodings = read_siim_encodings(rle_csv)
     labels = pd.Series({u: float(bool(e)) for u, e in encodings.items()}, dtype=float)
 

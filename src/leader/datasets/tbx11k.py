@@ -54,7 +54,7 @@ from leader.errors import BoxError, ManifestError
 from leader.manifest import Box, Manifest, make_manifest
 
 from .frames import frame_scale
-from ._common import IMAGE_SUFFIXES, as_root, check_on_error, read_sizes
+from ._common import IMAGE_SUFFIXES, as_root, check_on_error, coco_image, coco_objects, read_sizes
 from ._common import is_json_id as _is_json_id
 from ._common import json_id as _json_id
 from ._common import json_size as _json_size
@@ -148,9 +148,7 @@ def read_tbx11k(
     for jp in jsons:
         coco = _load_coco(jp)
         cats = {}
-        for k, c in enumerate(coco["categories"]):
-            if not isinstance(c, dict):
-                raise ManifestError(f"{jp}: categories[{k}] must be an object, got {c!r}")
+        for k, c in coco_objects(jp, coco, "categories"):
             cid = _json_id(jp, f"categories[{k}].id", c.get("id"))
             name = c.get("name")
             if not isinstance(name, str) or not name.strip():
@@ -162,13 +160,8 @@ def read_tbx11k(
                 cat_names.append(name)
         split = _split_of(jp)
         by_id: dict = {}
-        for k, im in enumerate(coco["images"]):
-            if not isinstance(im, dict):
-                raise ManifestError(f"{jp}: images[{k}] must be an object, got {im!r}")
-            iid = _json_id(jp, f"images[{k}].id", im.get("id"))
-            fn = im.get("file_name", "")
-            if not isinstance(fn, str) or not fn.strip():
-                raise ManifestError(f"{jp}: image id {iid!r} has no file_name")
+        for k, im in coco_objects(jp, coco, "images"):
+            iid, fn = coco_image(jp, k, im)
             fn = fn.strip().replace("\\", "/")
             if Path(fn).name in ("", ".", "..") or "\x00" in fn:
                 raise ManifestError(f"{jp}: image id {iid!r}: file_name {fn!r} does not name a file")
@@ -191,9 +184,7 @@ def read_tbx11k(
             }
             entries[fn] = info
             by_id[iid] = info
-        for k, a in enumerate(coco["annotations"]):
-            if not isinstance(a, dict):
-                raise ManifestError(f"{jp}: annotations[{k}] must be an object, got {a!r}")
+        for k, a in coco_objects(jp, coco, "annotations"):
             aid = a.get("id", f"#{k}")
             img_ref = a.get("image_id")
             if not _is_json_id(img_ref) or img_ref not in by_id:

@@ -256,6 +256,18 @@ def read_vindr(
     vocab: list[str] = []
     unknown: dict[str, list[str]] = {}
 
+    def add_reading(i: str, r: str, split: str) -> None:
+        """Image ``i`` read by radiologist ``r``: a new image is added in file order with the
+        split of the first file that lists it."""
+        if i not in rads:
+            order.append(i)
+            rads[i] = []
+            votes[i] = {}
+            raw_boxes[i] = []
+            split_of[i] = split
+        if r not in rads[i]:
+            rads[i].append(r)
+
     def canon(name: str, where: str) -> str:
         c = canonical_vindr_class(name)
         if c is not None:
@@ -283,15 +295,8 @@ def read_vindr(
             i = img[k]
             if not i:
                 raise ManifestError(f"{f}: line {k + 2}: empty image_id")
-            if i not in rads:
-                order.append(i)
-                rads[i] = []
-                votes[i] = {}
-                raw_boxes[i] = []
-                split_of[i] = split
             r = rad[k]
-            if r not in rads[i]:
-                rads[i].append(r)
+            add_reading(i, r, split)
             c = ucls[cls[k]]
             if c == NO_FINDING:
                 continue
@@ -325,14 +330,7 @@ def read_vindr(
                 raise ManifestError(f"{f}: line {k + 2}: label {c!r} = {df[c].iat[k]!r} is not 0/1")
         for k in range(len(df)):
             i = img[k]
-            if i not in rads:
-                order.append(i)
-                rads[i] = []
-                votes[i] = {}
-                raw_boxes[i] = []
-                split_of[i] = split
-            if rad[k] not in rads[i]:
-                rads[i].append(rad[k])
+            add_reading(i, rad[k], split)
             for c in lab_cols:
                 cc = canon_cols[c]
                 if cc == NO_FINDING:

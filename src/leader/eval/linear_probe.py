@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -81,6 +81,41 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
+def _probe_rows(X: np.ndarray, split: Sequence[str], train_index: np.ndarray | None, context: str):
+    """``(tr, va, te)`` row indices (``train_index`` or the ``train`` rows; ``val``; ``test``) and
+    the matching float64 feature matrices standardised with the training rows' statistics.
+
+    Raises:
+        ValueError: no training or no test rows.
+    """
+    split = np.asarray(split)
+    tr = np.asarray(train_index) if train_index is not None else np.flatnonzero(split == "train")
+    va, te = np.flatnonzero(split == "val"), np.flatnonzero(split == "test")
+    if len(tr) == 0 or len(te) == 0:
+        raise ValueError(f"{context or 'probe'}: needs training and test rows (train {len(tr)}, test {len(te)})")
+    Xtr, Xva, Xte = _standardise(np.asarray(X[tr], np.float64), np.asarray(X[va], np.float64),
+                                 np.asarray(X[te], np.float64))
+    return (tr, va, te), (Xtr, Xva, Xte)
+
+
+def _choose_C(Cs: Sequence[float], C: float | None, has_val: bool,
+              val_macro: Callable[[float], float]) -> tuple[float, str, dict]:
+    """``(C, how, {C: validation macro AUC})``: ``C`` itself (``"fixed"``) when given, else the
+    ``Cs`` value with the best finite ``val_macro(c)`` (ties to the one nearest 1,
+    ``"validation"``), else the middle of ``Cs`` (``"default"``; also without validation rows)."""
+    if C is not None:
+        return float(C), "fixed", {}
+    val_auc: dict = {}
+    for c in Cs:
+        if not has_val:
+            break
+        val_auc[float(c)] = val_macro(c)
+    finite = {c: v for c, v in val_auc.items() if np.isfinite(v)}
+    if finite:
+        return max(finite, key=lambda c: (finite[c], -abs(np.log10(c)))), "validation", val_auc
+    return float(sorted(Cs)[len(Cs) // 2]), "default", val_auc
+
+
 def fit_predict_multilabel(Xtr: np.ndarray, Ytr: np.ndarray, Xte: Sequence[np.ndarray], C: float,
                            seed: int = 0) -> tuple[list[np.ndarray], list[int]]:
     """One logistic regression per column of ``Ytr`` (NaN rows skipped).
@@ -119,28 +154,14 @@ def probe_multilabel(X: np.ndarray, Y: np.ndarray, names: Sequence[str], split: 
         train_index: rows to train on (a label-fraction subset of the ``train`` rows).
         C: fix the regularisation instead of choosing it.
     """
-    split = np.asarray(split)
-    tr = np.asarray(train_index) if train_index is not None else np.flatnonzero(split == "train")
-    va, te = np.flatnonzero(split == "val"), np.flatnonzero(split == "test")
-    if len(tr) == 0 or len(te) == 0:
-        raise ValueError(f"{context or 'probe'}: needs training and test rows (train {len(tr)}, test {len(te)})")
-    Xtr, Xva, Xte = _standardise(np.asarray(X[tr], np.float64), np.asarray(X[va], np.float64),
-                                 np.asarray(X[te], np.float64))
+    (tr, va, te), (Xtr, Xva, Xte) = _probe_rows(X, split, train_index, context)
     Ytr = np.asarray(Y[tr], np.float64)
-    val_auc: dict = {}
-    if C is not None:
-        chosen, how = float(C), "fixed"
-    else:
-        for c in Cs:
-            if len(va) == 0:
-                break
-            (sv,), _ = fit_predict_multilabel(Xtr, Ytr, [Xva], c, seed)
-            val_auc[float(c)] = per_class_auc(Y[va], sv, list(names), warn=False).macro
-        finite = {c: v for c, v in val_auc.items() if np.isfinite(v)}
-        if finite:
-            chosen, how = max(finite, key=lambda c: (finite[c], -abs(np.log10(c)))), "validation"
-        else:
-            chosen, how = float(sorted(Cs)[len(Cs) // 2]), "default"
+
+    def val_macro(c: float) -> float:
+        (sv,), _ = fit_predict_multilabel(Xtr, Ytr, [Xva], c, seed)
+        return per_class_auc(Y[va], sv, list(names), warn=False).macro
+
+    chosen, how, val_auc = _choose_C(Cs, C, len(va) > 0, val_macro)
     (ste,), bad = fit_predict_multilabel(Xtr, Ytr, [Xte], chosen, seed)
     auc = per_class_auc(Y[te], ste, list(names), warn=True, context=context or "linear probe (test)")
     return ProbeResult(auc, chosen, how, len(tr), len(va), len(te), list(names), te, ste,
@@ -173,29 +194,15 @@ def probe_multiclass(X: np.ndarray, labels: Sequence, split: Sequence[str], trai
                      Cs: Sequence[float] = DEFAULT_CS, C: float | None = None, seed: int = 0,
                      context: str = "") -> ProbeResult:
     """Single-label (multi-class) linear probe with one-vs-rest AUC per class on ``test``."""
-    split = np.asarray(split)
     lab = np.asarray([str(v) for v in labels])
     classes = sorted(set(lab.tolist()))
-    tr = np.asarray(train_index) if train_index is not None else np.flatnonzero(split == "train")
-    va, te = np.flatnonzero(split == "val"), np.flatnonzero(split == "test")
-    if len(tr) == 0 or len(te) == 0:
-        raise ValueError(f"{context or 'probe'}: needs training and test rows (train {len(tr)}, test {len(te)})")
-    Xtr, Xva, Xte = _standardise(np.asarray(X[tr], np.float64), np.asarray(X[va], np.float64),
-                                 np.asarray(X[te], np.float64))
-    val_auc: dict = {}
-    if C is not None:
-        chosen, how = float(C), "fixed"
-    else:
-        for c in Cs:
-            if len(va) == 0:
-                break
-            (sv,) = fit_predict_multiclass(Xtr, lab[tr], [Xva], classes, c, seed)
-            val_auc[float(c)] = multiclass_auc(lab[va], sv, classes, warn=False).macro
-        finite = {c: v for c, v in val_auc.items() if np.isfinite(v)}
-        if finite:
-            chosen, how = max(finite, key=lambda c: (finite[c], -abs(np.log10(c)))), "validation"
-        else:
-            chosen, how = float(sorted(Cs)[len(Cs) // 2]), "default"
+    (tr, va, te), (Xtr, Xva, Xte) = _probe_rows(X, split, train_index, context)
+
+    def val_macro(c: float) -> float:
+        (sv,) = fit_predict_multiclass(Xtr, lab[tr], [Xva], classes, c, seed)
+        return multiclass_auc(lab[va], sv, classes, warn=False).macro
+
+    chosen, how, val_auc = _choose_C(Cs, C, len(va) > 0, val_macro)
     (ste,) = fit_predict_multiclass(Xtr, lab[tr], [Xte], classes, chosen, seed)
     auc = multiclass_auc(lab[te], ste, classes, warn=True, context=context or "lesion probe (test)")
     untrainable = [c for c in classes if c not in set(lab[tr].tolist())]

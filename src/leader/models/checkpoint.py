@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import warnings
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -39,15 +40,65 @@ __all__ = [
     "save_training_state",
     "load_training_state",
     "load_state_dict_checked",
+    "check_weight_keys",
 ]
 
 _MODEL_FORMAT = "leader-model"
 _STATE_FORMAT = "leader-training-state"
 
 
-def _fmt_keys(keys: list[str], limit: int = 10) -> str:
+def _fmt_keys(keys: Sequence[object], limit: int = 10) -> str:
+    """``"[a, b, ...] (n)"``: the first ``limit`` of the sorted names and the count."""
+    keys = sorted(map(str, keys))
     shown = ", ".join(keys[:limit])
     return f"[{shown}{', ...' if len(keys) > limit else ''}] ({len(keys)})"
+
+
+def check_weight_keys(
+    source: str,
+    missing: Sequence[object],
+    unexpected: Sequence[object],
+    mismatched: Sequence[object] = (),
+    *,
+    strict: bool = True,
+    unexpected_hint: str = "",
+    stacklevel: int = 3,
+) -> None:
+    """Refuse or warn about weights that do not fit a model, naming every problem.
+
+    One rule for every loader (:func:`load_state_dict_checked`, the Hugging Face teacher):
+    shape mismatches always raise; missing / unexpected keys raise when ``strict`` and
+    otherwise warn once (``RuntimeWarning``).
+
+    Args:
+        source: description for messages (e.g. the file path).
+        missing: keys the model has and the weights lack.
+        unexpected: keys the weights have and the model lacks.
+        mismatched: one description per key whose shape differs.
+        strict: missing / unexpected keys raise (default) instead of warning.
+        unexpected_hint: text appended to the unexpected-keys part of the error.
+        stacklevel: of the warning; the default 3 points at the caller of the loader that
+            calls this function.
+
+    Raises:
+        ValueError: ``"<source>: weights do not match the model: ..."``; each kind of problem
+            lists up to 10 sorted names and the count.
+    """
+    problems = []
+    if mismatched:
+        problems.append(f"shape mismatches {_fmt_keys(mismatched)}")
+    if strict and missing:
+        problems.append(f"missing keys {_fmt_keys(missing)}")
+    if strict and unexpected:
+        problems.append(f"unexpected keys {_fmt_keys(unexpected)}{unexpected_hint}")
+    if problems:
+        raise ValueError(f"{source}: weights do not match the model: " + "; ".join(problems))
+    if missing or unexpected:
+        warnings.warn(
+            f"{source}: loading non-strictly; missing keys {_fmt_keys(missing)}, unexpected keys {_fmt_keys(unexpected)}",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
 
 
 def load_state_dict_checked(
@@ -76,23 +127,7 @@ def load_state_dict_checked(
         for k in own
         if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
     )
-    problems = []
-    if mismatched:
-        problems.append(f"shape mismatches {_fmt_keys(mismatched)}")
-    if strict and missing:
-        problems.append(f"missing keys {_fmt_keys(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys {_fmt_keys(unexpected)}")
-    if problems:
-        raise ValueError(f"{source}: weights do not match the model: " + "; ".join(problems))
-    if missing or unexpected:
-        import warnings
-
-        warnings.warn(
-            f"{source}: loading non-strictly; missing keys {_fmt_keys(missing)}, unexpected keys {_fmt_keys(unexpected)}",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+    check_weight_keys(source, missing, unexpected, mismatched, strict=strict)
     filtered = {k: v for k, v in state_dict.items() if k in own}
     module.load_state_dict(filtered, strict=False)
     return missing, unexpected

@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import json
 import os
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from ..models.checkpoint import check_weight_keys
 from .base import IMAGENET_MEAN, IMAGENET_STD, InputSpec
 from .weights import load_checkpoint_object
 from .module import ModuleTeacher
@@ -136,11 +136,6 @@ def _weights_kind(directory: Path) -> bool:
     )
 
 
-def _fmt(keys: list[str], limit: int = 10) -> str:
-    keys = sorted(map(str, keys))
-    return f"[{', '.join(keys[:limit])}{', ...' if len(keys) > limit else ''}] ({len(keys)})"
-
-
 def load_hf(
     name: str,
     directory: str | os.PathLike,
@@ -179,21 +174,9 @@ def load_hf(
         )
     except (RuntimeError, OSError) as exc:  # e.g. size mismatches
         raise ValueError(f"{source}: weights do not match the model: {exc}") from exc
-    missing = list(info.get("missing_keys") or [])
-    unexpected = list(info.get("unexpected_keys") or [])
-    mismatched = [str(m) for m in (info.get("mismatched_keys") or [])]
-    problems = []
-    if mismatched:
-        problems.append(f"shape mismatches {_fmt(mismatched)}")
-    if strict and missing:
-        problems.append(f"missing keys {_fmt(missing)}")
-    if strict and unexpected:
-        problems.append(f"unexpected keys {_fmt(unexpected)} (e.g. a task head: pass strict=False to drop it)")
-    if problems:
-        raise ValueError(f"{source}: weights do not match the model: " + "; ".join(problems))
-    if missing or unexpected:
-        warnings.warn(f"{source}: loading non-strictly; missing keys {_fmt(missing)}, unexpected keys {_fmt(unexpected)}",
-                      RuntimeWarning, stacklevel=2)
+    check_weight_keys(source, list(info.get("missing_keys") or []), list(info.get("unexpected_keys") or []),
+                      [str(m) for m in (info.get("mismatched_keys") or [])], strict=strict,
+                      unexpected_hint=" (e.g. a task head: pass strict=False to drop it)")
     model = model.float()
     config = model.config
     encoder = HFEncoder(model.eval(), pooling=pooling)
