@@ -55,6 +55,8 @@ def test_demo_on_phantoms(tmp_path):
     assert "phantoms" in m["data"] and "NOT real" in m["data"]
     # a second run resumes: nothing is recomputed, same numbers
     m2 = _run(out, ["phantoms.n_images=24"])
+    assert {"manifest", "teacher disease", "teacher anatomy", "student"} <= set(m2["reused"])  # and the report says so
+    assert "Reused from an earlier run in this folder" in (out / "report.md").read_text()
     assert m2["retrieval_precision_at_k"] == m["retrieval_precision_at_k"]
     assert m2["stage2_loss_last"] == m["stage2_loss_last"]
 

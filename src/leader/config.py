@@ -173,9 +173,10 @@ class TeacherConfig(Section):
     stages: list[int] = H(lambda: [2], "Algorithm 1 stages it is distilled in: 1 (whole images), "
                                        "2 (image/patch pairs)")
     weight: float = H(1.0, "weight of its loss term in L = Σ weight · ℓ (Eq. 3)", ge=0)
-    target_norm: Literal["none", "standardize", "global"] = H(
-        "none", "loss in a normalised teacher space: none, standardize (per-dimension mean and std), global "
-                "(mean and one scale for all dimensions); statistics from the training samples, kept in the head")
+    target_norm: Literal["none", "center", "standardize", "global"] = H(
+        "none", "loss in a normalised teacher space: none, center (subtract the mean), standardize (per-dimension "
+                "mean and std), global (mean and one scale for all dimensions); statistics from the training "
+                "samples, kept in the head")
 
     @field_validator("stages")
     @classmethod
@@ -185,20 +186,23 @@ class TeacherConfig(Section):
         return sorted(v)
 
 
-class FitDiseaseConfig(Section):
-    arch: str = H("resnet18", "timm architecture of the disease expert fitted by `leader teachers fit`")
-    img_size: int = H(128, "input side of the fitted disease expert", ge=16)
+class _FitCommon(Section):
+    """What both recipes of `leader teachers fit` take."""
+
+    arch: str = H("resnet18", "timm architecture of the fitted expert")
+    img_size: int = H(128, "input side of the fitted expert", ge=16)
     epochs: int = H(10, "training epochs", ge=1)
     batch_size: int = H(32, "batch size", ge=1)
     lr: float = H(1.0e-3, "peak learning rate (one-cycle)", gt=0)
 
 
-class FitAnatomyConfig(Section):
+class FitDiseaseConfig(_FitCommon):
+    arch: str = H("resnet18", "timm architecture of the disease expert fitted by `leader teachers fit`")
+
+
+class FitAnatomyConfig(_FitCommon):
     arch: str = H("convnext_atto", "timm architecture of the anatomy expert fitted by `leader teachers fit`")
-    img_size: int = H(128, "input side of the fitted anatomy expert", ge=16)
     epochs: int = H(6, "training epochs", ge=1)
-    batch_size: int = H(32, "batch size", ge=1)
-    lr: float = H(1.0e-3, "peak learning rate (one-cycle)", gt=0)
     crops_per_image: int = H(4, "random crops per image per epoch (position targets)", ge=1)
     zones: bool = H(True, "also learn the lung zone of zone patches where lung masks / boxes / contours exist")
 

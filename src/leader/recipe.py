@@ -39,7 +39,7 @@ from leader.teachers.fit import fit_anatomy_expert, fit_disease_expert
 from leader.teachers.spec import load_teacher
 from leader.train import distributed as D
 from leader.train.loop import STAGE1, STAGE2, Trainer
-from leader.utils import atomic_write_text
+from leader.utils import atomic_write_text, name_value_pairs
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ def resolve_teachers(cfg: Config | Mapping, specs: Mapping[str, str | Teacher] |
         FileNotFoundError: a source path that does not exist.
     """
     cfg = as_config(cfg)
-    given = _pairs(specs or {}, "--teacher", "NAME=PATH")
+    given = dict(specs) if isinstance(specs, Mapping) else name_value_pairs(specs or (), "--teacher", "NAME=PATH")
     for name in given:
         cfg.teacher(name)  # a role is required (ConfigError names how to add one)
     out: dict[str, Teacher] = {}
@@ -149,22 +149,9 @@ def resolve_teachers(cfg: Config | Mapping, specs: Mapping[str, str | Teacher] |
         raise ConfigError("no teacher to distil: give --teacher NAME=PATH (or teachers.NAME.source in the config) "
                           f"for at least one of {sorted(cfg.teachers)}")
     cache_map = dict(cfg.teacher_cache)
-    cache_map.update(_pairs(caches or {}, "--teacher-cache", "NAME=DIR"))
+    cache_map.update(dict(caches) if isinstance(caches, Mapping) else
+                     name_value_pairs(caches or (), "--teacher-cache", "NAME=DIR"))
     return apply_teacher_cache(out, cache_map)
-
-
-def _pairs(items: Mapping | Sequence[str], flag: str, form: str) -> dict:
-    if isinstance(items, Mapping):
-        return dict(items)
-    out: dict[str, str] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"{flag} {item!r} must look like {form}")
-        k, v = item.split("=", 1)
-        if k in out:
-            raise ValueError(f"{flag}: {k!r} given twice")
-        out[k] = v
-    return out
 
 
 def build_student(cfg: Config | Mapping, teachers: Mapping[str, Teacher]) -> LeaderModel:

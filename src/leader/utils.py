@@ -219,3 +219,29 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
         for block in iter(lambda: fh.read(chunk), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def name_value_pairs(items, flag: str, form: str = "NAME=VALUE", unique: bool = True) -> dict[str, str]:
+    """``["a=1", "b=2"]`` → ``{"a": "1", "b": "2"}`` (command-line ``NAME=VALUE`` options).
+
+    Args:
+        items: the strings (a mapping is returned as a plain ``dict`` copy).
+        flag: the option's name, for messages (``--teacher``).
+        form: what an item looks like, for messages (``NAME=PATH``).
+        unique: a name given twice is an error (otherwise the last one wins).
+
+    Raises:
+        ValueError: an item without ``=``, or a name given twice (names the flag).
+    """
+    if isinstance(items, dict):
+        return dict(items)
+    out: dict[str, str] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise ValueError(f"{flag} {item!r} must look like {form}")
+        k, v = item.split("=", 1)
+        k, v = k.strip(), v.strip()
+        if unique and k in out:
+            raise ValueError(f"{flag}: {k!r} given twice")
+        out[k] = v
+    return out

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from leader.utils import name_value_pairs
+
 
 def add_config(p: argparse.ArgumentParser, default: str | None = "paper") -> None:
     """``--config`` and ``--set`` (validated by :func:`leader.config.load_config` before the command runs)."""
@@ -41,15 +43,9 @@ def command_line() -> str:
 
 
 def kv_pairs(items: list[str] | None, flag: str, form: str = "NAME=VALUE") -> dict[str, str]:
-    """``["a=1", "b=2"]`` → ``{"a": "1", "b": "2"}``.
+    """``["a=1", "b=2"]`` → ``{"a": "1", "b": "2"}`` (:func:`leader.utils.name_value_pairs`, last wins).
 
     Raises:
         ValueError: an item without ``=`` (names the flag and the expected form).
     """
-    out: dict[str, str] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{flag} {item!r} must look like {form}")
-        k, v = item.split("=", 1)
-        out[k.strip()] = v.strip()
-    return out
+    return name_value_pairs(items or [], flag, form, unique=False)

@@ -37,9 +37,9 @@ from leader.store import EmbeddingStore
 
 __all__ = ["make_world", "disease_features", "anatomy_features", "oracle_stores", "FREQUENCIES"]
 
-#: lesion radii of the world relative to the phantoms' defaults: a nodule of 2.7-5.8 px and a
-#: consolidation of 5-9 px radius at the students' 64 px (1.4-3 % and 5-9 % of the side by default)
-LESION_SCALE = {"Nodule": 3.0, "Consolidation": 1.5}
+#: lesion radii of the world relative to the phantoms' defaults: a nodule of 3.6-7.7 px and a
+#: consolidation of 6-12 px radius at the students' 64 px (1.4-3 % and 5-9 % of the side by default)
+LESION_SCALE = {"Nodule": 4.0, "Consolidation": 2.0}
 
 #: Fourier frequencies of the anatomy expert's position features.
 FREQUENCIES = (1, 2, 3)
@@ -172,13 +172,14 @@ def oracle_stores(manifest: Manifest, patches: pd.DataFrame | None, out: str | P
     return paths
 
 
-def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 128, seed: int = 0,
+def prepare_controlled(out: str | Path, cfg, n_images: int = 1000, size: int = 128, seed: int = 0,
                        lesion_scale=None):
     """The controlled setting of the claims runner (:class:`leader.eval.claims.World`).
 
     Generates (or reuses) the phantoms under ``out/world``, cuts the training pairs (from
-    ``cfg.patches``), the anatomy patches (the ten named ``jsrt166`` landmarks of every image)
-    and the lesion patches (diseased + healthy, every split), and writes both experts' stores
+    ``cfg.patches``), the anatomy patches (the ten named ``jsrt166`` landmarks of every test
+    image: the zero-shot kNN uses the test split only) and the lesion patches (diseased +
+    healthy, every split: the lesion probe trains on them), and writes both experts' stores
     under ``out/world/teachers``. Training runs without augmentation (store experts).
 
     Args:
@@ -206,7 +207,7 @@ def prepare_controlled(out: str | Path, cfg, n_images: int = 200, size: int = 12
     train_tables = patch_tables(cfg, train_split(m), landmarks=False)
     every = patch_tables(cfg, m)
     split_of = dict(zip(m.df["id"].astype(str), m.df["split"].astype(str)))
-    anatomy = every.landmark.copy()
+    anatomy = every.landmark[every.landmark["image_id"].map(split_of) == "test"].reset_index(drop=True)
     lesion = pd.concat([every.disease, every.healthy], ignore_index=True)
     for t in (anatomy, lesion):
         t["split"] = [split_of[str(i)] for i in t["image_id"]]

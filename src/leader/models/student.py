@@ -36,7 +36,7 @@ class MLPHead(nn.Module):
     (buffers ``target_mean`` / ``target_scale``; identity by default) and the head returns it
     de-normalised, ``mlp(x) * target_scale + target_mean``, so ``E'`` is always in the
     teacher's space. The trainer sets the statistics from the training data when the
-    teacher's ``target_norm`` asks for it (``standardize``, ``global``) and computes the loss
+    teacher's ``target_norm`` asks for it (``center``, ``standardize``, ``global``) and computes the loss
     in the normalised space (:meth:`normalise`): every teacher dimension — and every teacher —
     then weighs the same in the loss, and a large mean vector no longer dominates it.
 

@@ -28,6 +28,7 @@ from leader.teachers.hf import load_hf
 from leader.teachers.module import ModuleTeacher
 from leader.teachers.store_teacher import EmbeddingStoreTeacher
 from leader.teachers.xrv import load_xrv
+from leader.utils import name_value_pairs
 
 
 def load_teacher(name: str, spec: str) -> Teacher:
@@ -106,12 +107,4 @@ _PREFIXED = {
 
 def parse_teacher_args(items: list[str]) -> dict[str, Teacher]:
     """``["disease=PATH", "anatomy=PATH"]`` → ``{"disease": Teacher, "anatomy": Teacher}``."""
-    out: dict[str, Teacher] = {}
-    for item in items:
-        if "=" not in item:
-            raise ValueError(f"--teacher {item!r} must look like NAME=PATH")
-        name, spec = item.split("=", 1)
-        if name in out:
-            raise ValueError(f"teacher {name!r} given twice")
-        out[name] = load_teacher(name, spec)
-    return out
+    return {name: load_teacher(name, spec) for name, spec in name_value_pairs(items, "--teacher", "NAME=PATH").items()}

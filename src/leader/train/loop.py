@@ -551,7 +551,9 @@ class Trainer:
                 continue
             e = torch.cat(embs)
             mean, std = e.mean(0), e.std(0)
-            if self.target_norm[name] == "global":
+            if self.target_norm[name] == "center":
+                scale = torch.ones_like(std)
+            elif self.target_norm[name] == "global":
                 scale = std.pow(2).mean().sqrt().expand_as(std)
             else:
                 scale = std.clamp_min(float(std.mean()) * 1e-3 + 1e-8)

@@ -1,0 +1,138 @@
+"""The claims runner (issue 15): the controlled world's experts by construction, the statistics, and a
+small controlled claims check that fails when distillation stops learning."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from leader.eval.claims import Row, build_rows, effective_rank, paired_p, r2_cos
+from leader.eval.world import anatomy_features, disease_features, oracle_stores
+from leader.manifest import Box, make_manifest
+from leader.store import EmbeddingStore
+
+
+def _manifest(tmp_path):
+    recs = []
+    for i, boxes in enumerate([[Box(10, 10, 20, 20, "Nodule")], [], [Box(40, 40, 80, 80, "Consolidation")]]):
+        recs.append({"id": f"w/{i}", "path": str(tmp_path / f"{i}.png"), "dataset": "w", "split": "train",
+                     "patient_id": str(i), "width": 100, "height": 100, "view": "PA", "normal": not boxes,
+                     "boxes": boxes, "labels": {"Nodule": float(i == 0), "Consolidation": float(i == 2)}})
+    return make_manifest(recs)
+
+
+def test_disease_expert_sees_lesion_content_only(tmp_path):
+    m = _manifest(tmp_path)
+    regions = np.array([[0, 0, 100, 100], [0, 0, 15, 100], [50, 50, 100, 100], [0, 0, 100, 100], [0, 0, 50, 50]],
+                       float)
+    rows = [0, 0, 0, 1, 2]
+    f = disease_features(m, regions, rows)
+    # whole image with the nodule: 1; left strip x<15 holds half the nodule box; far corner none; normal image 0;
+    # a quarter of the consolidation box (40..80) lies in the top-left 50x50 region: 10*10/1600
+    np.testing.assert_allclose(f, [[1, 0], [0.5, 0], [0, 0], [0, 0], [0, 100 / 1600]])
+
+
+def test_anatomy_expert_sees_position_only(tmp_path):
+    m = _manifest(tmp_path)
+    regions = np.array([[0, 0, 100, 100], [0, 0, 100, 100], [40, 40, 60, 60], [0, 0, 20, 20]], float)
+    f = anatomy_features(m, regions, [0, 2, 0, 0], frequencies=(1,))
+    # two whole images (one with a lesion, one without) and a centred patch: the same position features
+    np.testing.assert_allclose(f[0], f[1])
+    np.testing.assert_allclose(f[0], f[2])
+    # sin(pi/2)=1, cos(pi/2)=0 for x and y at the centre; the corner patch centre 0.1
+    np.testing.assert_allclose(f[0], [1, 0, 1, 0], atol=1e-7)
+    np.testing.assert_allclose(f[3], [np.sin(0.1 * np.pi), np.cos(0.1 * np.pi)] * 2, atol=1e-6)
+
+
+def test_oracle_stores_hold_every_image_and_patch_and_extend(tmp_path):
+    m = _manifest(tmp_path)
+    patches = pd.DataFrame({"patch_id": ["w/0::p"], "image_id": ["w/0"], "kind": ["disease"], "label": ["Nodule"],
+                            "x0": [5.0], "y0": [5.0], "x1": [25.0], "y1": [25.0]})
+    paths = oracle_stores(m, patches, tmp_path / "t", dim_disease=8, dim_anatomy=6)
+    d = EmbeddingStore.open(paths["disease"])
+    a = EmbeddingStore.open(paths["anatomy"])
+    assert len(d) == len(a) == 4 and d.dims == {"embedding": 8} and a.dims == {"embedding": 6}
+    # the normal image and the image with a nodule share the anatomy embedding (whole images are centred)
+    np.testing.assert_allclose(a.get(["w/0"], "embedding"), a.get(["w/1"], "embedding"))
+    # the patch around the nodule has the same lesion content as its whole image
+    np.testing.assert_allclose(d.get(["w/0::p"], "embedding"), d.get(["w/0"], "embedding"), rtol=1e-6)
+    more = pd.concat([patches, patches.assign(patch_id="w/1::p", image_id="w/1")], ignore_index=True)
+    oracle_stores(m, more, tmp_path / "t", dim_disease=8, dim_anatomy=6)  # a resumed run extends
+    assert len(EmbeddingStore.open(paths["disease"])) == 5
+
+
+def test_statistics_helpers_hand_computed():
+    # effective rank: one direction -> 1, two equal directions -> 2
+    x = np.outer(np.arange(10.0), [1.0, 2.0, 0.0])
+    assert effective_rank(x) == pytest.approx(1.0)
+    y = np.array([[1, 0], [-1, 0], [0, 1], [0, -1]], float)
+    assert effective_rank(y) == pytest.approx(2.0)
+    # R² and cosine: perfect prediction; the mean-vector prediction gives R² 0
+    t = np.array([[1.0, 2.0], [3.0, 0.0], [-1.0, 1.0]])
+    assert r2_cos(t, t) == pytest.approx((1.0, 1.0))
+    assert r2_cos(np.repeat(t.mean(0, keepdims=True), 3, 0), t)[0] == pytest.approx(0.0)
+    # paired one-sided t-test: differences 1, 2, 3 -> t = 2 / (1/sqrt 3) = 3.464, df 2, p = 0.0370
+    assert paired_p([2, 3, 4], [1, 1, 1]) == pytest.approx(0.03700, abs=1e-4)
+    assert paired_p([2, 3, 4], 1.0) == pytest.approx(0.03700, abs=1e-4)
+    assert math.isnan(paired_p([1.0], [0.0]))
+    assert paired_p([0.9, 0.9], 0.5) == 0.0  # no spread, all above: the sign decides
+
+
+def _res(anat, dis, dim=256):
+    return {"anatomy_knn": anat, "disease_auc": dis, "anatomy_chance": 0.1, "dim": dim}
+
+
+def test_rows_hold_or_not_as_the_numbers_say():
+    kinds = {"disease": "disease", "anatomy": "anatomy"}
+    per_seed = [{"LeADER E_DA": _res(0.95 + d, 0.93 + d), "random-init E_DA": _res(0.5, 0.6),
+                 "disease-branch-only E_DA": _res(0.6, 0.92), "anatomy-branch-only E_DA": _res(0.96, 0.6),
+                 "teachers concatenated": _res(0.97, 0.95, 64)} for d in (0.0, 0.01, 0.02)]
+    teachers = {"disease": _res(0.12, 1.0, 32), "anatomy": _res(1.0, 0.5, 32),
+                "teachers concatenated": _res(0.97, 0.95, 64)}
+    fid = [{n: {"r2": 0.6, "cos": 0.9, "r2_fresh_trained": 0.7, "r2_fresh_random": 0.4} for n in kinds}] * 3
+
+    class W:
+        setting, anatomy_task, retrieval_k = "controlled", "landmark identity", 10
+
+    rows = {r.claim: r.as_dict() for r in build_rows(W, per_seed, teachers, fid, kinds)}
+    assert rows["E_DA separates anatomical structures (zero-shot)"]["holds"] is True
+    assert rows["E_DA keeps the disease expert's image-level disease knowledge"]["holds"] is True
+    assert rows["the disease expert is at chance on anatomy"]["holds"] is True  # 0.12 <= chance 0.1 + 0.1
+    joint = rows["joint training beats the disease-branch-only student"]
+    assert joint["holds"] is True and joint["value"] == pytest.approx(1.90) and joint["p_value"] < 0.01
+    ens = rows["LeADER beats the teachers concatenated ensemble"]
+    assert ens["holds"] is False and ens["comparison_value"] == pytest.approx(1.92)
+    fl = rows["the student's disease head reproduces its teacher on unseen images and patches"]
+    assert fl["holds"] is True and fl["floor_random_init"] == pytest.approx(0.4)
+    assert all(set(r) >= {"claim", "figure", "setting", "metric", "value", "target", "holds", "seeds", "p_value"}
+               for r in rows.values())
+    json.dumps(list(rows.values()))  # JSON-ready
+
+
+@pytest.mark.slow
+def test_controlled_claims_check_fails_when_distillation_stops_learning(tmp_path):
+    """A small controlled world (300 phantoms, one seed, the joint student only): the trained
+    student must carry both experts' knowledge with margins over the random-initialised floor.
+    A change that breaks learning (no gradient, a collapse to the mean) fails here."""
+    from leader.config import load_config
+    from leader.eval.claims import run_claims
+    from leader.eval.world import prepare_controlled
+
+    cfg = load_config("claims-controlled", ["stage1.epochs=8", "stage2.epochs=8"])
+    world = prepare_controlled(tmp_path, cfg, n_images=300)
+    res = run_claims(world, tmp_path, seeds=[0], say=lambda s: None, variants=False)
+    seed = res.per_seed[0]
+    e, rnd = seed["LeADER E_DA"], seed["random-init E_DA"]
+    assert e["disease_auc"] >= rnd["disease_auc"] + 0.05, (e["disease_auc"], rnd["disease_auc"])
+    assert e["disease_auc"] >= 0.75
+    assert e["anatomy_knn"] >= 0.85 * res.teachers["anatomy"]["anatomy_knn"]
+    f = res.fidelity[0]
+    for name in ("disease", "anatomy"):
+        assert f[name]["r2"] >= 0.3, (name, f[name])
+        assert f[name]["r2_fresh_trained"] > f[name]["r2_fresh_random"], (name, f[name])
+    rows = json.loads((tmp_path / "claims.json").read_text())
+    assert rows and (tmp_path / "claims.md").is_file() and (tmp_path / "figures" / "claims.png").is_file()
