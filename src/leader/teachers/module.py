@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
@@ -28,7 +29,7 @@ from ..utils import atomic_path, atomic_write_json, read_json
 from .base import IMAGENET_MEAN, IMAGENET_STD, InputSpec, Teacher
 from .weights import read_state_dict
 
-__all__ = ["ModuleTeacher", "save_teacher", "read_state_dict"]  # read_state_dict: re-exported from .weights
+__all__ = ["ModuleTeacher", "save_teacher", "read_state_dict", "lock_frozen"]  # read_state_dict: re-exported from .weights
 
 _TEACHER_FORMAT = "leader-teacher"
 
@@ -90,6 +91,31 @@ def _default_timm_spec(model: nn.Module, timm_kwargs: Mapping[str, Any]) -> Inpu
     return InputSpec(size=int(size), channels=channels, mean=mean, std=std)
 
 
+def _frozen_train(self: nn.Module, mode: bool = True) -> nn.Module:
+    """``train()`` of a teacher network: whatever ``mode`` asks, eval mode and no gradients."""
+    nn.Module.train(self, False)
+    for p in self.parameters():
+        p.requires_grad_(False)
+    return self
+
+
+def lock_frozen(module: nn.Module) -> nn.Module:
+    """Put ``module`` in eval mode with ``requires_grad=False`` and keep it so.
+
+    Its ``train`` is replaced (on the instance) by one that always re-freezes, so a ``.train()``
+    call on anything that holds it — a student, a trainer, the user's own wrapper module —
+    leaves the teacher in eval mode with gradients off (BatchNorm statistics never move).
+    TorchScript modules, whose attributes cannot be replaced, are re-frozen before every
+    forward instead (:meth:`ModuleTeacher._forward`). Returns ``module``.
+    """
+    _frozen_train(module)
+    try:
+        module.train = types.MethodType(_frozen_train, module)
+    except (AttributeError, RuntimeError, TypeError):  # torch.jit.ScriptModule
+        pass
+    return module
+
+
 class ModuleTeacher(Teacher):
     """A frozen ``nn.Module`` expert.
 
@@ -119,15 +145,13 @@ class ModuleTeacher(Teacher):
         self.input_spec = input_spec if input_spec is not None else InputSpec()
         self.arch: str | None = None
         self.timm_kwargs: dict[str, Any] = {}
-        module.eval()
-        for p in module.parameters():
-            p.requires_grad_(False)
+        lock_frozen(module)
         self.dim = int(dim) if dim is not None else _infer_dim(module, self.input_spec, f"teacher {self.name!r}")
 
     # -- Teacher API ---------------------------------------------------------------------
     def _enforce_eval(self) -> None:
-        if any(m.training for m in self.module.modules()):
-            self.module.eval()
+        if any(m.training for m in self.module.modules()) or any(p.requires_grad for p in self.module.parameters()):
+            _frozen_train(self.module)
 
     def _forward(self, x: torch.Tensor, ids: Sequence[str] | None) -> torch.Tensor:
         self._enforce_eval()
