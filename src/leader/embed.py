@@ -44,6 +44,7 @@ from leader.errors import SKIPPABLE, skip_report
 from leader.store import EmbeddingStore
 from leader.train import distributed as D
 from leader.device import autocast_context, pick_device
+from leader.utils import atomic_path, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -319,8 +320,6 @@ def _collate_skipping(items: list[dict]) -> dict:
 
 
 def _write_skipped(store_path: Path, items: list[dict], policy: str) -> None:
-    from leader.utils import atomic_write_json  # noqa: PLC0415
-
     atomic_write_json(store_path / "skipped.json", skip_report(items, policy))
     if items:
         log.warning("%d unreadable item(s) skipped, not embedded; listed in %s", len(items),
@@ -440,7 +439,6 @@ class EmbeddingIndex:
         """Write ``index.faiss`` + ``ids.json`` + ``params.json`` into the folder ``path``."""
         import faiss  # noqa: PLC0415
 
-        from leader.utils import atomic_path, atomic_write_json  # noqa: PLC0415
 
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)

@@ -87,6 +87,8 @@ from . import faults
 from .errors import write_error
 from .utils import atomic_path, atomic_write_json, read_json
 from .views import ViewPolicy
+from leader.patches import crop
+from leader.io import read_image
 
 log = logging.getLogger(__name__)
 
@@ -198,11 +200,7 @@ def _add(tw, key: str, ext: str, data: bytes) -> tuple[int, int]:
 
 def _write_shard(job: dict) -> dict:
     """Write one shard (tar, then its .json index). Runs in a worker process."""
-    from leader.patches import crop  # noqa: PLC0415
-
-    loader = job.get("loader")
-    if loader is None:
-        from leader.io import read_image as loader  # noqa: PLC0415
+    loader = job.get("loader") or read_image
     out = Path(job["out"])
     name = f"shard-{job['number']:06d}"
     S, bits, enc = job["image_size"], job["bit_depth"], job["encoding"]

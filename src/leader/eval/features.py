@@ -45,6 +45,8 @@ from leader.embed import EmbedFn, embed_dataset, student_embed_fn, teacher_embed
 from leader.patches import ImageDataset, PatchDataset
 from leader.store import EmbeddingStore
 from leader.device import autocast_context, pick_device
+from leader.models.student import load_model
+from leader.teachers.module import ModuleTeacher
 
 log = logging.getLogger(__name__)
 
@@ -296,8 +298,6 @@ class Representation:
 # ---------------------------------------------------------------------------------------------
 def student_source(path_or_model, name: str = "student", **kw) -> ModelSource:
     """A LeADER student (checkpoint folder or :class:`~leader.models.LeaderModel`)."""
-    from leader.models.student import load_model  # noqa: PLC0415
-
     model = load_model(path_or_model) if isinstance(path_or_model, (str, Path)) else path_or_model
     model.eval()
     dims = {"e_da": model.e_da_dim, **model.head_dims}
@@ -317,8 +317,6 @@ def teacher_source(teacher, name: str | None = None, kind: str = "teacher", **kw
 def timm_source(arch: str, weights: str | Path | None = None, name: str | None = None, *,
                 source_kw: Mapping | None = None, **timm_kwargs) -> ModelSource:
     """Any timm model as a frozen feature extractor (pooled features, ``num_classes=0``)."""
-    from leader.teachers.module import ModuleTeacher  # noqa: PLC0415
-
     t = ModuleTeacher.from_timm(name or arch, arch, weights=weights, **timm_kwargs)
     src = teacher_source(t, name or f"timm {arch}", kind="timm", **dict(source_kw or {}))
     src.spec = f"timm:{arch}" + (f":{weights}" if weights else "")
@@ -349,8 +347,6 @@ def open_source(spec: str, name: str | None = None, **kw) -> FeatureSource:
     if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
         return student_source(path, name=name or "student", **kw)
     if (path / "teacher.json").is_file():
-        from leader.teachers.module import ModuleTeacher  # noqa: PLC0415
-
         t = ModuleTeacher.from_checkpoint_dir(path)
         return teacher_source(t, name=name or f"{t.name} teacher", **kw)
     stores = _store_dirs(path)

@@ -40,6 +40,11 @@ from leader.eval.metrics import dice, iou, multiclass_auc, per_class_auc
 from leader.patches import crop
 from leader.teachers.base import InputSpec
 from leader.device import pick_device
+from leader.eval.data import load_mask
+from leader.eval.features import FeatureSource, _shared_dataset
+from leader.manifest import Manifest
+from leader.models.student import LeaderModel, load_model
+from leader.teachers.module import ModuleTeacher, _default_timm_spec
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +99,6 @@ def load_backbone(spec, name: str | None = None) -> Backbone:
     Raises:
         ValueError: an embedding store (no network to fine-tune) or an unknown folder.
     """
-    from leader.eval.features import FeatureSource  # noqa: PLC0415
-    from leader.models.student import LeaderModel  # noqa: PLC0415
-    from leader.teachers.module import ModuleTeacher  # noqa: PLC0415
-
     if isinstance(spec, FeatureSource):
         return source_backbone(spec)
     if isinstance(spec, LeaderModel):
@@ -106,8 +107,6 @@ def load_backbone(spec, name: str | None = None) -> Backbone:
                         std=tuple(m.pixel_std.flatten().tolist()))
         return Backbone(m.backbone, isp, name or "student")
     if isinstance(spec, nn.Module):
-        from leader.teachers.module import _default_timm_spec  # noqa: PLC0415
-
         return Backbone(copy.deepcopy(spec), _default_timm_spec(spec, {}), name or type(spec).__name__)
     s = str(spec)
     if s.startswith("timm:"):
@@ -116,8 +115,6 @@ def load_backbone(spec, name: str | None = None) -> Backbone:
         return Backbone(t.module, t.input_spec, name or f"timm {parts[1]}")
     p = Path(s)
     if (p / "config.json").is_file() and (p / "model.safetensors").is_file():
-        from leader.models.student import load_model  # noqa: PLC0415
-
         return load_backbone(load_model(p), name or "student")
     if (p / "teacher.json").is_file():
         t = ModuleTeacher.from_checkpoint_dir(p)
@@ -130,8 +127,6 @@ def load_backbone(spec, name: str | None = None) -> Backbone:
 def source_backbone(source) -> Backbone:
     """:func:`load_backbone` for a :class:`~leader.eval.features.ModelSource` (keeps the teacher's
     input spec)."""
-    from leader.models.student import LeaderModel  # noqa: PLC0415
-
     mod = getattr(source, "module", None)
     if mod is None:
         raise ValueError(f"{source.name}: an embedding store has no network to fine-tune; give a checkpoint")
@@ -276,13 +271,10 @@ class MaskDataset(Dataset):
     """Whole images and their masks at ``S x S``: ``{"image": [1,S,S], "mask": [S,S] float}``."""
 
     def __init__(self, manifest, masks: pd.DataFrame, image_size: int):
-        from leader.eval.data import load_mask  # noqa: PLC0415
-
         self.df = getattr(manifest, "df", manifest)
         self.masks = masks.reset_index(drop=True)
         pos = {str(v): i for i, v in enumerate(self.df["id"])}
         self.rows = np.array([pos[str(v)] for v in self.masks["image_id"]], dtype=np.int64)
-        from leader.eval.features import _shared_dataset  # noqa: PLC0415
 
         self.images = _shared_dataset(self.df, None, int(image_size))
         self.S = int(image_size)
@@ -355,16 +347,12 @@ def finetune_classification(backbone: Backbone, manifest, split: Sequence[str], 
     Returns:
         :class:`FinetuneResult` with ``macro_auc`` and ``per_class_auc`` on ``test``.
     """
-    from leader.manifest import Manifest  # noqa: PLC0415
-
     t0 = time.time()
     dev = pick_device(device)
     split = np.asarray(split)
     te = np.flatnonzero(split == "test")
     tr = np.asarray(train_index)
     if dataset is None:
-        from leader.eval.features import _shared_dataset  # noqa: PLC0415
-
         dataset = _shared_dataset(getattr(manifest, "df", manifest), None, backbone.img_size)
     ds = dataset
     if task == "multilabel":

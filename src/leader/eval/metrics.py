@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
+from leader.eval.retrieval import l2_normalise
 
 
 class UndefinedMetricWarning(UserWarning):
@@ -196,7 +197,6 @@ def kmeans_nmi(emb: np.ndarray, labels: Sequence, seed: int = 0, n_init: int = 1
     from sklearn.cluster import KMeans  # noqa: PLC0415
     from sklearn.metrics import normalized_mutual_info_score  # noqa: PLC0415
 
-    from leader.eval.retrieval import l2_normalise  # noqa: PLC0415
 
     lab = np.asarray(labels)
     k = len(set(lab.tolist()))

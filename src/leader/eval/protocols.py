@@ -40,6 +40,11 @@ from leader.eval.report import Report, bar_chart, image_grid
 from leader.eval.retrieval import cosine_search, disease_retrieval
 from leader.eval.stats import results_table, wide_table
 from leader.manifest import Manifest
+from leader.eval.data import find_masks
+from leader.eval.ensembles import average_probe, average_scores, concat_representation
+from leader.eval.finetune import finetune_classification, finetune_segmentation, load_backbone
+from leader.eval.metrics import multiclass_auc, per_class_auc
+from leader.patches import ImageDataset, PatchDataset
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +124,6 @@ def retrieval_figure(m: Manifest, queries: pd.DataFrame, per_query: list, galler
     """Paper Fig. 4: rows of (query patch, its top ``k_show`` images); green frame = the image has
     the query's disease, red = it does not. Queries: the first evaluated query of each disease in
     the seeded sample (not the best ones), up to ``n_show``."""
-    from leader.patches import ImageDataset, PatchDataset  # noqa: PLC0415
-
     evaluated = [q for q in per_query if "precision" in q]
     done, seen = [], set()
     for q in evaluated:                      # one query per disease first, in sampled order
@@ -247,8 +250,6 @@ def run_probe(reps: Sequence[Representation], manifest, out: str | Path, *, leve
         Long records ``method, task, seed, fraction, value`` (macro AUC on test); also written:
         ``probe.csv`` (records), ``probe-table.csv`` (mean ± std, p vs best), ``probe-per-class.csv``.
     """
-    from leader.eval.ensembles import average_probe, concat_representation  # noqa: PLC0415
-
     m = _m(manifest)
     if level not in ("image", "lesion"):
         raise ValueError(f"level must be 'image' or 'lesion', got {level!r}")
@@ -379,11 +380,6 @@ def run_finetune(backbones: Sequence[tuple[str, object]], manifest, out: str | P
     """
     import torch  # noqa: PLC0415
 
-    from leader.eval.data import find_masks  # noqa: PLC0415
-    from leader.eval.ensembles import average_scores  # noqa: PLC0415
-    from leader.eval.finetune import finetune_classification, finetune_segmentation, load_backbone  # noqa: PLC0415
-    from leader.eval.metrics import multiclass_auc, per_class_auc  # noqa: PLC0415
-    from leader.patches import PatchDataset  # noqa: PLC0415
 
     m = _m(manifest)
     if task not in ("classification", "segmentation"):
