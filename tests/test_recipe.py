@@ -206,3 +206,31 @@ def test_three_teacher_student_trains_embeds_evaluates_and_exports_through_the_c
                           "print(sorted(o.name for o in m.graph.output))", str(tmp_path / "m.onnx")],
                          capture_output=True, text=True, check=True).stdout
     assert "rad" in out
+
+
+def test_distil_logs_fidelity_on_the_validation_split_every_epoch(pack, tmp_path):
+    """Issue 15 item 3: per head, R² and cosine against the teacher on held-out (val) images and
+    patches after every epoch, in OUT/fidelity.csv; centred targets are kept in the head."""
+    import csv
+
+    from leader.datasets.splits import assign_splits
+    from leader.models.student import load_model
+    from leader.recipe import distil
+
+    _, m = pack
+    m = assign_splits(m, val=0.3, test=0.0, seed=0, respect_official=False)
+    cfg = load_config("demo-quick", ["student.img_size=32", "student.backbone=test_vit", "student.backbone_kwargs={}",
+                                     "stage1.epochs=2", "stage2.epochs=1", "stage1.batch_size=4",
+                                     "stage2.batch_size=4", "device=cpu", "precision=fp32",
+                                     "teachers.disease.target_norm=center"])
+    t = {"disease": _teacher("disease", 6, 1), "anatomy": _teacher("anatomy", 5, 2)}
+    final = distil(cfg, t, tmp_path / "run", manifest=m, say=lambda s: None)
+    rows = list(csv.DictReader(open(tmp_path / "run" / "fidelity.csv")))
+    got = {(r["stage"], r["epoch"], r["head"], r["kind"]) for r in rows}
+    assert {("1", "1", "disease", "image"), ("1", "2", "disease", "image"), ("2", "1", "anatomy", "patch"),
+            ("2", "1", "disease", "image")} <= got
+    assert not any(k[0] == "1" and k[2] == "anatomy" for k in got)  # stage 1 trains the disease head only
+    assert all(-1e6 < float(r["r2"]) <= 1 and -1 <= float(r["cos"]) <= 1 for r in rows)
+    head = load_model(final).heads["disease"]
+    assert head.normalised and not load_model(final).heads["anatomy"].normalised  # centring kept with the head
+    assert torch.all(head.target_scale == 1)

@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 import torch
 
 from leader.config import Config, ConfigError, as_config
 from leader.manifest import Manifest
 from leader.models.student import LeaderModel
-from leader.patches import ImageDataset, PairDataset, disease_patches, healthy_patches, landmark_patches
+from leader.patches import ImageDataset, PairDataset, PatchDataset, disease_patches, healthy_patches, landmark_patches
 from leader.shards import ShardImageDataset, ShardPairDataset, ShardStream
 from leader.teachers.base import Teacher
 from leader.teachers.cache import apply_teacher_cache
@@ -44,7 +45,7 @@ from leader.utils import atomic_write_text, name_value_pairs
 log = logging.getLogger(__name__)
 
 __all__ = ["PatchTables", "patch_tables", "train_split", "resolve_teachers", "build_student", "stage_datasets",
-           "plan", "distil", "fit_teacher"]
+           "plan", "distil", "fit_teacher", "MonitorDataset", "monitor_dataset"]
 
 
 @dataclass
@@ -210,6 +211,45 @@ def stage_datasets(cfg: Config | Mapping, teachers: Mapping[str, Teacher], manif
     return s1, s2
 
 
+class MonitorDataset(torch.utils.data.Dataset):
+    """Held-out samples for the trainer's fidelity monitor: ``{"image", "id", "kind"}``, un-augmented.
+
+    Args:
+        images: an :class:`ImageDataset` of validation images (kind ``image``), or ``None``.
+        patches: a :class:`PatchDataset` of validation patches (kind ``patch``), or ``None``.
+    """
+
+    def __init__(self, images=None, patches=None):
+        self.parts = [(d, k) for d, k in ((images, "image"), (patches, "patch")) if d is not None and len(d)]
+        self.index = [(p, i) for p, (d, _) in enumerate(self.parts) for i in range(len(d))]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, j: int) -> dict:
+        p, i = self.index[j]
+        data, kind = self.parts[p]
+        item = data[i]
+        return {"image": item["image"], "id": item["id"], "kind": kind}
+
+
+def monitor_dataset(cfg: Config | Mapping, manifest: Manifest, n: int = 128) -> MonitorDataset | None:
+    """Up to ``n`` validation images and ``n`` of their diseased / healthy patches (seeded), or
+    ``None`` when the manifest has no ``val`` split."""
+    cfg = as_config(cfg)
+    val = manifest.subset((manifest.df["split"] == "val").to_numpy())
+    if not len(val):
+        return None
+    rng = np.random.default_rng(int(cfg.seed))
+    keep = np.sort(rng.permutation(len(val))[:n])
+    val = val.subset(keep)
+    pairs = patch_tables(cfg, val, landmarks=False).pairs
+    if len(pairs) > n:
+        pairs = pairs.iloc[np.sort(rng.permutation(len(pairs))[:n])].reset_index(drop=True)
+    S = int(cfg.student.img_size)
+    return MonitorDataset(ImageDataset(val, S), PatchDataset(val, pairs, S) if len(pairs) else None)
+
+
 def plan(cfg: Config | Mapping, teachers: Mapping[str, Teacher], stage1=None, stage2=None) -> list[str]:
     """What :func:`distil` will do, one line per stage and per configured teacher left out."""
     cfg = as_config(cfg)
@@ -275,7 +315,8 @@ def distil(cfg: Config | Mapping, teachers: Mapping[str, Teacher], out: str | Pa
             last = trainer.latest_checkpoint(verify=False)
             say(f"resuming from {last}" if last is not None else
                 f"resume: no checkpoint in {out / 'checkpoints'}: starting from scratch")
-        return trainer.fit(s1, s2, resume=resume or reuse)
+        monitor = monitor_dataset(cfg, manifest) if manifest is not None else None
+        return trainer.fit(s1, s2, resume=resume or reuse, monitor=monitor)
     finally:
         if trainer.dist.distributed:
             D.cleanup()

@@ -48,6 +48,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -516,6 +517,57 @@ class Trainer:
         log.info("resumed from %s at %s", path, self.position)
         return True
 
+    # ------------------------------------------------------------------ fidelity monitor
+    @torch.no_grad()
+    def _monitor_fidelity(self, stage: int, epoch: int) -> None:
+        """R² (variance-weighted) and mean cosine of each head of ``stage`` against its teacher on
+        the monitor samples, per sample kind, appended to ``OUT/fidelity.csv``."""
+        data = getattr(self, "_monitor", None)
+        if data is None or not self.is_main or self.fsdp or not len(data):
+            return
+        heads = self._heads(stage)
+        was_training = self.model.training
+        self.model.eval()
+        preds: dict = {h: [] for h in heads}
+        targets: dict = {h: [] for h in heads}
+        kinds: list[str] = []
+        try:
+            for i in range(0, len(data), 64):
+                items = [data[j] for j in range(i, min(i + 64, len(data)))]
+                x = torch.stack([it["image"] for it in items]).to(self.device)
+                ids = [str(it["id"]) for it in items]
+                kinds += [str(it.get("kind", "image")) for it in items]
+                with autocast_context(self.device, self.cfg.precision):
+                    out = self.model(x, heads=heads)
+                    for h in heads:
+                        targets[h].append(self.teachers[h].embed(x, ids=ids).float().cpu())
+                        preds[h].append(out[h].float().cpu())
+        finally:
+            self.model.train(was_training)
+        kinds_a = np.asarray(kinds)
+        rows = []
+        for h in heads:
+            P, T = torch.cat(preds[h]).numpy(), torch.cat(targets[h]).numpy()
+            for kind in sorted(set(kinds)):
+                sel = kinds_a == kind
+                if sel.sum() < 2:
+                    continue
+                p, t = P[sel], T[sel]
+                ss_tot = float(((t - t.mean(0)) ** 2).sum())
+                r2 = 1.0 - float(((t - p) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
+                cos = float(np.mean(np.sum(p * t, 1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1) + 1e-12)))
+                rows.append({"stage": stage, "epoch": epoch + 1, "head": h, "kind": kind, "n": int(sel.sum()),
+                             "r2": r2, "cos": cos})
+                log.info("stage %d epoch %d: head %s on held-out %s (%d): R2 %.3f, cosine %.3f", stage, epoch + 1, h,
+                         kind, int(sel.sum()), r2, cos)
+        path = self.out / "fidelity.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=["stage", "epoch", "head", "kind", "n", "r2", "cos"])
+            if new:
+                w.writeheader()
+            w.writerows(rows)
+
     # ------------------------------------------------------------------ target statistics
     @torch.no_grad()
     def _set_target_stats(self, stage1_data, stage2_data) -> None:
@@ -866,6 +918,7 @@ class Trainer:
                     log.info("stage %d epoch %d/%d: mean loss %.4g over %d steps (%.1f s)%s", stage, epoch + 1,
                              epochs, ep_sum / max(ep_n, 1), ep_n, time.perf_counter() - ep_t0,
                              " (resumed mid-epoch)" if first and start_estep else "")
+                self._monitor_fidelity(stage, epoch)
                 n_skip = sum(1 for k in self._skipped if k[0] == stage and k[1] == epoch)
                 if n_skip:
                     log.warning("stage %d epoch %d: %d unreadable sample(s) skipped (weight 0); see %s",
@@ -879,8 +932,14 @@ class Trainer:
     def _comm_device(self) -> torch.device:
         return self.device if self.dist.backend == "nccl" else torch.device("cpu")
 
-    def fit(self, stage1_data: Dataset | None, stage2_data: Dataset | None, resume: bool = False) -> Path:
+    def fit(self, stage1_data: Dataset | None, stage2_data: Dataset | None, resume: bool = False,
+            monitor: Dataset | None = None) -> Path:
         """Run stage 1 then stage 2 (either may be ``None`` to skip it).
+
+        ``monitor``: held-out samples (``{"image": [1, S, S], "id", "kind"}``, un-augmented; e.g.
+        validation images and patches, :func:`leader.recipe.monitor_dataset`): after every epoch
+        the R² and cosine of each trained head against its teacher on them are appended to
+        ``OUT/fidelity.csv`` and logged (rank 0; not under FSDP).
 
         Returns:
             The folder of the final model (``out_dir/final``: safetensors + config.json); when
@@ -899,6 +958,7 @@ class Trainer:
                 if not self.stage_heads[stage]:
                     raise ValueError(f"stage {stage} was given data but no teacher is distilled in it "
                                      f"(cfg.teachers[*].stages); pass None to skip the stage")
+        self._monitor = monitor
         existing = self.latest_checkpoint(verify=False) if not resume and self.is_main else None
         if self.dist.distributed:  # every rank refuses (rank 0 alone would leave the others waiting)
             existing = D.broadcast_object(None if existing is None else str(existing))
