@@ -130,6 +130,9 @@ class PatchesConfig(Section):
     healthy_per_image: int = H(2, "healthy patches sampled per normal image (Algorithm 1 l. 5)", ge=0)
     healthy_size_frac: list[float] = H(lambda: [0.15, 0.35], "healthy patch side range, fraction of the image width")
     on_bad_box: Literal["skip", "error"] = H("skip", "an invalid box: skip it (listed) or stop with an error")
+    context_per_image: int = H(0, "extra stage-2 patches from every training image, diseased or not (random "
+                                  "position and side in healthy_size_frac): anatomical context; 0 = the paper's "
+                                  "pairs only", ge=0)
 
     @field_validator("healthy_size_frac")
     @classmethod

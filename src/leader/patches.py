@@ -338,7 +338,7 @@ def _jsrt_lung_bbox(lm: np.ndarray) -> tuple[float, float, float, float]:
 
 
 def healthy_patches(manifest, n_per_image: int = 2, size_frac: tuple[float, float] = (0.15, 0.35),
-                    seed: int = 0, within: str = "body") -> pd.DataFrame:
+                    seed: int = 0, within: str = "body", kind: str = "healthy") -> pd.DataFrame:
     """Random healthy patches from normal images (Algorithm 1, line 5).
 
     For each row with ``normal == True``, ``n_per_image`` square regions of side
@@ -355,9 +355,12 @@ def healthy_patches(manifest, n_per_image: int = 2, size_frac: tuple[float, floa
             the central part of the image ``x in [0.2, 0.8] W, y in [0.15, 0.85] H`` where a
             frontal chest lies; ``'image'`` - anywhere the square fits.
 
+        kind: ``'healthy'`` (normal images only: Algorithm 1 line 5) or ``'context'`` (every
+            image, diseased or not: extra anatomical context for the anatomy branch — a lever
+            of the claims runner, not part of the paper's recipe).
+
     Returns:
-        Patch table, ``kind='healthy'``, ``label='healthy'``,
-        ``patch_id = f"{image_id}::healthy:{k}"``.
+        Patch table, ``kind`` and ``label`` = ``kind``, ``patch_id = f"{image_id}::{kind}:{k}"``.
 
     Raises:
         ManifestError: missing ``normal`` column or width/height of a normal row.
@@ -370,12 +373,14 @@ def healthy_patches(manifest, n_per_image: int = 2, size_frac: tuple[float, floa
         raise ValueError(f"n_per_image must be >= 0, got {n_per_image}")
     if within not in ("body", "image"):
         raise ValueError(f"within must be 'body' or 'image', got {within!r}")
+    if kind not in ("healthy", "context"):
+        raise ValueError(f"kind must be 'healthy' or 'context', got {kind!r}")
     df = _df(manifest)
-    if "normal" not in df.columns:
+    if kind == "healthy" and "normal" not in df.columns:
         raise ManifestError("manifest has no 'normal' column; cannot pick healthy images")
     rows: list[dict] = []
     for i in range(len(df)):
-        nv = df["normal"].iloc[i]
+        nv = df["normal"].iloc[i] if kind == "healthy" else True
         if _is_missing(nv) or not bool(nv):
             continue
         image_id = str(df["id"].iloc[i])
@@ -388,15 +393,15 @@ def healthy_patches(manifest, n_per_image: int = 2, size_frac: tuple[float, floa
                 bx0, by0, bx1, by1 = 0.2 * w, 0.15 * h, 0.8 * w, 0.85 * h
         else:
             bx0, by0, bx1, by1 = 0.0, 0.0, float(w), float(h)
-        rng = np.random.default_rng([int(seed), zlib.crc32(image_id.encode("utf-8"))])
+        rng = np.random.default_rng([int(seed), zlib.crc32(image_id.encode("utf-8"))] + ([7] if kind == "context" else []))
         m = min(w, h)
         for k in range(int(n_per_image)):
             side = float(rng.uniform(lo, hi)) * m
             half = side / 2.0
             cx = _sample_centre(rng, bx0, bx1, half, w)
             cy = _sample_centre(rng, by0, by1, half, h)
-            rows.append(dict(patch_id=f"{image_id}::healthy:{k}", image_id=image_id,
-                             kind="healthy", label="healthy", x0=cx - half, y0=cy - half,
+            rows.append(dict(patch_id=f"{image_id}::{kind}:{k}", image_id=image_id,
+                             kind=kind, label=kind, x0=cx - half, y0=cy - half,
                              x1=cx + half, y1=cy + half))
     return _make_table(rows)
 

@@ -57,28 +57,33 @@ class PatchTables:
         healthy: random squares of normal images (``kind='healthy'``).
         landmark: squares around named anatomical landmarks (``kind='landmark'``; evaluation).
         skipped: ``(image_id, box, reason)`` of boxes left out under ``patches.on_bad_box: skip``.
+        context: random squares of every image (``kind='context'``; ``patches.context_per_image``,
+            empty by default).
     """
 
     disease: pd.DataFrame
     healthy: pd.DataFrame
     landmark: pd.DataFrame
     skipped: list = field(default_factory=list)
+    context: pd.DataFrame | None = None
 
     @property
     def pairs(self) -> pd.DataFrame:
-        """Stage-2 patches: diseased + healthy, in that order."""
-        return pd.concat([self.disease, self.healthy], ignore_index=True)
+        """Stage-2 patches: diseased + healthy (+ context), in that order."""
+        parts = [self.disease, self.healthy] + ([self.context] if self.context is not None and len(self.context) else [])
+        return pd.concat(parts, ignore_index=True)
 
     def select(self, kinds: Sequence[str]) -> pd.DataFrame | None:
-        """The tables of ``kinds`` (``disease``, ``healthy``, ``landmark``) in one table; ``None`` if empty.
+        """The tables of ``kinds`` (``disease``, ``healthy``, ``landmark``, ``context``) in one table;
+        ``None`` if empty.
 
         Raises:
             ValueError: an unknown kind.
         """
-        bad = [k for k in kinds if k not in ("disease", "healthy", "landmark")]
+        bad = [k for k in kinds if k not in ("disease", "healthy", "landmark", "context")]
         if bad:
-            raise ValueError(f"unknown patch kind(s) {bad}; known: disease, healthy, landmark")
-        frames = [getattr(self, k) for k in kinds if len(getattr(self, k))]
+            raise ValueError(f"unknown patch kind(s) {bad}; known: disease, healthy, landmark, context")
+        frames = [getattr(self, k) for k in kinds if getattr(self, k) is not None and len(getattr(self, k))]
         return pd.concat(frames, ignore_index=True) if frames else None
 
     def save(self, out: str | Path) -> dict[str, Path]:
@@ -113,7 +118,9 @@ def patch_tables(cfg: Config | Mapping, manifest: Manifest, landmarks: bool = Tr
     hea = healthy_patches(manifest, n_per_image=pc.healthy_per_image, size_frac=tuple(pc.healthy_size_frac),
                           seed=int(cfg.seed))
     lm = landmark_patches(manifest) if landmarks else dis.iloc[0:0].copy()
-    return PatchTables(dis, hea, lm, list(skipped))
+    ctx = (healthy_patches(manifest, n_per_image=pc.context_per_image, size_frac=tuple(pc.healthy_size_frac),
+                           seed=int(cfg.seed), kind="context") if pc.context_per_image else None)
+    return PatchTables(dis, hea, lm, list(skipped), ctx)
 
 
 def train_split(manifest: Manifest) -> Manifest:

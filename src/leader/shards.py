@@ -102,7 +102,7 @@ __all__ = [
 ]
 
 FORMAT = "leader-shards"
-PAIR_KINDS = ("disease", "healthy")
+PAIR_KINDS = ("disease", "healthy", "context")
 
 
 # ------------------------------------------------------------------------------------ encoding
