@@ -54,11 +54,11 @@ def real_manifest(root: str | Path, test_root: str | Path | None = None, seed: i
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"real claims: data root {root} is not a folder (give --data-root)")
-    m = index_root(root, check_files=False)
+    m = index_root(root, check_files=True)
     m = m.subset(m.df["view"].isin(["PA", "AP"]).to_numpy())
     m = assign_splits(m, val=0.1, test=0.2, seed=seed, respect_official=False)
     if test_root is not None:
-        t = index_root(Path(test_root), check_files=False)
+        t = index_root(Path(test_root), check_files=True)
         t = t.subset(t.df["view"].isin(["PA", "AP"]).to_numpy())
         df = t.df.copy()
         df["split"] = "test"
