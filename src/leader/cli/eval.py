@@ -229,7 +229,7 @@ def _cmd_claims(a) -> int:
         world = prepare_real(a.out, a.cfg, data_root=a.data_root, test_root=a.test_root, landmark_root=a.landmark_root,
                              say=say)
     say(f"data: {world.description}")
-    result = run_claims(world, a.out, seeds=a.seeds, say=say, variants=not a.no_variants)
+    result = run_claims(world, a.out, seeds=a.seeds, say=say, variants=not a.no_variants, levers=a.lever)
     targets = [r for r in result.rows if r["kind"] != "floor" and r["holds"] is not None]
     missed = [r for r in targets if r["holds"] is False]
     floors = [r for r in result.rows if r["kind"] == "floor"]
@@ -313,6 +313,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--no-variants", action="store_true",
                    help="train only the joint student (no branch-only / cosine-loss students)")
+    p.add_argument("--lever", action="append", default=[], choices=("target-norm", "context"),
+                   help="also train the joint student with this lever switched off and report the difference "
+                        "(repeatable)")
     p.add_argument("--n-images", type=int, default=1000, help="controlled: phantoms to generate (default 1000)")
     p.add_argument("--world-seed", type=int, default=0, help="controlled: seed of the phantoms and the split")
     p.add_argument("--data-root", default=None, metavar="DIR",

@@ -346,7 +346,7 @@ def _get(results: Mapping, name: str, key: str) -> list[float]:
 
 
 def build_rows(world: World, per_seed: list[dict], teacher_res: dict[str, dict], fid: list[dict],
-               kinds: Mapping[str, str]) -> list[Row]:
+               kinds: Mapping[str, str], levers: Sequence[str] = ()) -> list[Row]:
     """The claims as rows (see the module docstring), from the per-seed results.
 
     Args:
@@ -455,6 +455,18 @@ def build_rows(world: World, per_seed: list[dict], teacher_res: dict[str, dict],
         rows.append(Row("MSE (the paper's loss) vs cosine loss", "Fig. 10", S,
                         "anatomy kNN accuracy + disease probe AUC", joint, "reported (MSE vs cosine)",
                         None, "cosine loss", o, task_sum(RND), paired_p(joint, o, "two-sided"), kind="ablation"))
+    # ---- levers: each kept setting against the lever switched off --------------------------------
+    for lever in levers:
+        key = f"lever-off {lever}"
+        if key not in per_seed[0]:
+            continue
+        o = task_sum(f"{key} E_DA")
+        rows.append(Row(f"lever: {LEVERS[lever][0]}", "levers (issue 15)", S, "anatomy kNN accuracy + disease probe AUC",
+                        joint, "kept if it helps", bool(_mean_sd(joint)[0] > _mean_sd(o)[0]), "lever off", o,
+                        task_sum(RND), paired_p(joint, o, "two-sided"), kind="lever",
+                        note="distillation R² with / without: " + "; ".join(
+                            f"{n} {_mean_sd([f[n]['r2'] for f in fid])[0]:.3f} / "
+                            f"{_mean_sd([f[key][n]['r2'] for f in fid if key in f])[0]:.3f}" for n in kinds)))
     # ---- fidelity ---------------------------------------------------------------------------------
     for name in kinds:
         r2 = [f[name]["r2"] for f in fid]
@@ -495,8 +507,18 @@ def _pca_to(rep: Representation, width: int, world: World) -> Representation:
     return Representation(src, "embedding", label=f"{rep.name} @{width}")
 
 
+#: levers the runner can switch off, one student per seed each: ``{name: (what it is, overrides
+#: that turn it off)}``; the row compares the kept setting with the lever off
+LEVERS = {
+    "target-norm": ("normalised teacher targets (teachers.<name>.target_norm), vs raw targets",
+                    lambda cfg: {"teachers": {n: {"target_norm": "none"} for n in cfg.teachers}}),
+    "context": ("context patches of every training image (patches.context_per_image), vs the paper's pairs only",
+                lambda cfg: {"patches": {"context_per_image": 0}}),
+}
+
+
 def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), say: Callable[[str], None] = print,
-               variants: bool = True) -> ClaimsResult:
+               variants: bool = True, levers: Sequence[str] = ()) -> ClaimsResult:
     """Train (or reuse) the students of every seed, evaluate everything, write the report.
 
     Args:
@@ -506,6 +528,9 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
             ``claims.json``, ``claims.md``, ``results.json`` and ``figures/``.
         seeds: training seeds (≥ 3 for the p-values to mean anything).
         variants: also train the branch-only and cosine-loss students (Fig. 7, 8, 10).
+        levers: names from :data:`LEVERS`: one more joint student per seed with that lever
+            switched off; a row says whether keeping it helps (issue 15: every lever tried is
+            reported, kept or not).
 
     Returns:
         :class:`ClaimsResult` (also written to ``OUT``).
@@ -525,6 +550,10 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
     seconds["teachers_eval"] = time.time() - t0
     per_seed, fids = [], []
     student_specs = [("LeADER", {}, list(world.teachers))]
+    for lever in levers:
+        if lever not in LEVERS:
+            raise ValueError(f"unknown lever {lever!r}; known: {sorted(LEVERS)}")
+        student_specs.append((f"lever-off {lever}", LEVERS[lever][1](world.cfg), list(world.teachers)))
     if variants:
         student_specs += [("disease-branch-only", {}, [D]), ("anatomy-branch-only", {}, [A]),
                           ("LeADER cosine-loss", {"loss": "cosine"}, list(world.teachers))]
@@ -534,6 +563,8 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
         trained = {}
         for name, over, names in student_specs:
             cfg = with_overrides(world.cfg, {**over, "seed": int(seed)})
+            if name.startswith("lever-off") and cfg.to_dict() == with_overrides(world.cfg, {"seed": int(seed)}).to_dict():
+                say(f"seed {seed}: {name}: the lever is already off in this config; nothing to compare")
             run = out / "runs" / name.replace(" ", "-").lower() / f"seed-{seed}"
             say(f"seed {seed}: student {name} ({', '.join(names)})" +
                 (" [reused]" if (run / "final" / "model.safetensors").is_file() else ""))
@@ -551,6 +582,9 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
         for name, _, _ in student_specs[1:]:
             src = student_source(trained[name], name=name)
             reps[f"{name} E_DA"] = Representation(src, "e_da")
+            if name.startswith("lever-off"):
+                for n in world.teachers:
+                    reps[f"{name} head {n}"] = Representation(src, n)
         width = concat.dim
         if reps["LeADER E_DA"].dim > width:
             reps["LeADER E_DA @ensemble width"] = _pca_to(reps["LeADER E_DA"], width, world)
@@ -563,8 +597,12 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
                                          if k in ("LeADER E_DA", "random-init E_DA")))
         fids.append({n: fidelity(reps[f"LeADER head {n}"], reps["LeADER E_DA"], reps["random-init E_DA"],
                                  world.teacher_reps[n], world, seed=seed) for n in world.teachers})
+        for lever in levers:
+            key = f"lever-off {lever}"
+            fids[-1][key] = {n: fidelity(reps[f"{key} head {n}"], reps[f"{key} E_DA"], reps["random-init E_DA"],
+                                         world.teacher_reps[n], world, seed=seed) for n in world.teachers}
         seconds[f"eval_seed{seed}"] = time.time() - t
-    rows = [r.as_dict() for r in build_rows(world, per_seed, teacher_res, fids, kinds)]
+    rows = [r.as_dict() for r in build_rows(world, per_seed, teacher_res, fids, kinds, levers=levers)]
     seconds["total"] = time.time() - t0
     result = ClaimsResult(rows, per_seed, teacher_res, fids, seconds)
     _figures(world, per_seed, teacher_res, out, reps, say)
@@ -647,7 +685,8 @@ def write_report(world: World, result: ClaimsResult, out: Path, seeds: list[int]
              f"Time: {result.seconds.get('total', float('nan')) / 60:.1f} min.", ""]
     for kind, title in (("premise", "The premise: each expert strong on its own task"),
                         ("claim", "The paper's claims"), ("fidelity", "Distillation fidelity"),
-                        ("floor", "Against the random-initialised floor"), ("ablation", "Ablations reported")):
+                        ("floor", "Against the random-initialised floor"), ("ablation", "Ablations reported"),
+                        ("lever", "Levers tried (kept setting vs lever off)")):
         part = df[df["kind"] == kind]
         if len(part):
             lines += [f"## {title}", "", markdown_table(part, cols), ""]
