@@ -216,10 +216,14 @@ def _cmd_ablation(a) -> int:
 
 
 def _cmd_claims(a) -> int:
-    from leader.eval.claims import run_claims
+    from leader.eval.claims import rebuild_report, run_claims
     from leader.eval.world import prepare_controlled
 
     say = _say_claims
+    if a.report_only:
+        result = rebuild_report(a.out)
+        print(f"{len(result.rows)} rows -> {Path(a.out) / 'claims.md'}")
+        return 0
     if a.setting == "controlled":
         world = prepare_controlled(a.out, a.cfg, n_images=a.n_images, size=128,
                                    seed=a.world_seed)
@@ -313,6 +317,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds (default 0 1 2)")
     p.add_argument("--no-variants", action="store_true",
                    help="train only the joint student (no branch-only / cosine-loss students)")
+    p.add_argument("--report-only", action="store_true",
+                   help="rebuild claims.json / claims.md from OUT/results.json (no training, no evaluation)")
     p.add_argument("--lever", action="append", default=[], choices=("target-norm", "context"),
                    help="also train the joint student with this lever switched off and report the difference "
                         "(repeatable)")

@@ -35,7 +35,8 @@ from leader.manifest import Manifest
 from leader.phantoms import LESION_LABELS, make_phantom_pack
 from leader.store import EmbeddingStore
 
-__all__ = ["make_world", "disease_features", "anatomy_features", "oracle_stores", "FREQUENCIES"]
+__all__ = ["make_world", "disease_features", "anatomy_features", "oracle_stores", "prepare_controlled",
+           "lesion_side_labels", "FREQUENCIES", "LESION_SCALE"]
 
 #: lesion radii of the world relative to the phantoms' defaults: a nodule of 3.6-7.7 px and a
 #: consolidation of 6-12 px radius at the students' 64 px (1.4-3 % and 5-9 % of the side by default)
@@ -228,4 +229,24 @@ def prepare_controlled(out: str | Path, cfg, n_images: int = 1000, size: int = 1
     return World("controlled", m, cfg, teachers, reps, train_tables, anatomy, lesion, list(LESION_LABELS), desc,
                  teacher_reports={"disease": "by construction: lesion content only",
                                   "anatomy": "by construction: region position only"},
-                 anatomy_task="landmark identity", retrieval_k=int(cfg.eval.retrieval_k))
+                 anatomy_task="landmark identity", retrieval_k=int(cfg.eval.retrieval_k),
+                 entangled_labels=lesion_side_labels(m), entangled_task="lesion kind x side")
+
+
+def lesion_side_labels(manifest: Manifest) -> tuple[list[str], np.ndarray]:
+    """Image labels that need anatomy and disease together: lesion kind × the side it lies on.
+
+    ``(names, float32 [N, 2 L])`` with ``names`` like ``"Nodule, patient's right"`` (patient's
+    right = image left, box centre left of the image's middle): 1 where the image has a lesion
+    of that kind on that side, else 0. The disease expert knows the kind but not the side; the
+    anatomy expert (constant on whole images) knows neither.
+    """
+    names = [f"{lab}, patient's {side}" for lab in LESION_LABELS for side in ("right", "left")]
+    y = np.zeros((len(manifest), len(names)), dtype=np.float32)
+    widths = manifest.df["width"].to_numpy(dtype=np.float64)
+    for i in range(len(manifest)):
+        for b in manifest.boxes(i):
+            if b.label in LESION_LABELS:
+                side = 0 if (b.x0 + b.x1) / 2 < widths[i] / 2 else 1
+                y[i, 2 * LESION_LABELS.index(b.label) + side] = 1.0
+    return names, y
