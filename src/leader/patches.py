@@ -764,6 +764,10 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self._patches)
 
+    def item_id(self, index: int) -> str:
+        """The id a skip report names for pair ``index``: its image's (the file that is read)."""
+        return self._image_ids[int(index)]
+
     def _image(self, row: int) -> np.ndarray:
         return _cached(self._img_cache, ("image", row),
                        lambda: _whole(self._patches._src.load(row), self.image_size))

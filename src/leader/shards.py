@@ -531,6 +531,10 @@ class ShardPairDataset(Dataset):
     def __len__(self) -> int:
         return len(self._patches)
 
+    def item_id(self, index: int) -> str:
+        """The id a skip report names for pair ``index``: its image's."""
+        return self._image_ids[int(index)]
+
     def __getitem__(self, index: int) -> dict:
         index = int(index)
         if not 0 <= index < len(self):
