@@ -346,8 +346,9 @@ def fit_teacher(cfg: Config | Mapping, kind: str, manifest: Manifest, out: str |
     if kind == "disease":
         f = cfg.fit.disease
         tables = patch_tables(cfg, train_split(manifest), landmarks=False)
+        # diseased and healthy patches carry labels (box label / all negative); context patches do not
         return fit_disease_expert(manifest, out, arch=f.arch, img_size=f.img_size, epochs=f.epochs,
-                                  batch_size=f.batch_size, lr=f.lr, patches=tables.pairs,
+                                  batch_size=f.batch_size, lr=f.lr, patches=tables.select(["disease", "healthy"]),
                                   augment_cfg=cfg.augment.to_dict(), **common)
     if kind == "anatomy":
         f = cfg.fit.anatomy
