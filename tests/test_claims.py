@@ -130,8 +130,12 @@ def test_controlled_claims_check_fails_when_distillation_stops_learning(tmp_path
     res = run_claims(world, tmp_path, seeds=[0], say=lambda s: None, variants=False)
     seed = res.per_seed[0]
     e, rnd = seed["LeADER E_DA"], seed["random-init E_DA"]
-    assert e["disease_auc"] >= rnd["disease_auc"] + 0.05, (e["disease_auc"], rnd["disease_auc"])
+    # margins sized from seeds 0-2 of the full run (docs/claims.md): the probe AUC of a random trunk
+    # is already ~0.82 in phantoms, so the disease margin is measured where it is wide: retrieval
+    # (trained 0.82-0.86 vs random 0.42-0.45 at full size)
+    assert e["disease_auc"] > rnd["disease_auc"], (e["disease_auc"], rnd["disease_auc"])
     assert e["disease_auc"] >= 0.75
+    assert e["retrieval_image"] >= rnd["retrieval_image"] + 0.1, (e["retrieval_image"], rnd["retrieval_image"])
     assert e["anatomy_knn"] >= 0.85 * res.teachers["anatomy"]["anatomy_knn"]
     f = res.fidelity[0]
     for name in ("disease", "anatomy"):
@@ -139,3 +143,66 @@ def test_controlled_claims_check_fails_when_distillation_stops_learning(tmp_path
         assert f[name]["r2_fresh_trained"] > f[name]["r2_fresh_random"], (name, f[name])
     rows = json.loads((tmp_path / "claims.json").read_text())
     assert rows and (tmp_path / "claims.md").is_file() and (tmp_path / "figures" / "claims.png").is_file()
+
+
+LARGE = __import__("pathlib").Path("../shared/data/real-cxr-large")
+
+
+@pytest.mark.skipif(not LARGE.is_dir(), reason="../shared/data/real-cxr-large is absent")
+def test_real_setting_uses_configured_experts_and_a_patient_level_split(tmp_path):
+    """Experts given in the config (teachers.<name>.source) are used as given, not fitted; the
+    real manifest holds frontal views only, split by patient (no patient on two sides)."""
+    from leader.config import load_config
+    from leader.eval.claims_real import prepare_real
+
+    cfg = load_config("claims-real", ["teachers.disease.source=timm:resnet18",
+                                      "teachers.anatomy.source=timm:resnet18"])
+    said: list[str] = []
+    world = prepare_real(tmp_path, cfg, data_root=LARGE, say=said.append)
+    assert not (tmp_path / "teachers").exists()  # nothing fitted
+    assert sum("using the configured" in s for s in said) == 2
+    df = world.manifest.df
+    assert set(df["view"]) <= {"PA", "AP"} and len(df) == 1184  # 784 NIH + 400 frontal COVID-19 collection
+    sides = df.groupby(["dataset", "patient_id"])["split"].nunique()  # ids are per dataset ("61" in both)
+    assert (sides == 1).all()
+    assert set(df["split"]) == {"train", "val", "test"}
+    assert "Pneumonia" in world.disease_labels
+    assert world.teacher_reports["disease"]["note"].startswith("given in the config")
+
+
+def test_cli_lever_choices_are_the_runner_levers():
+    from leader.cli.eval import CLAIMS_LEVERS
+    from leader.eval.claims import LEVERS, lever_student
+
+    assert set(CLAIMS_LEVERS) == set(LEVERS)
+    assert lever_student("target-norm") == "lever-off target-norm"  # kept in the presets: switched off
+    assert lever_student("long-stage2") == "lever-on long-stage2"  # not kept: switched on
+
+
+def test_lever_rows_compare_lever_on_with_lever_off_and_branch_rows_need_p():
+    kinds = {"disease": "disease", "anatomy": "anatomy"}
+    per_seed = [{"LeADER E_DA": _res(0.50 + d, 0.70), "random-init E_DA": _res(0.3, 0.6),
+                 # task sums 1.21, 1.19, 1.20 vs the joint 1.20, 1.22, 1.21: lower on average, not significantly
+                 "disease-branch-only E_DA": _res({0.0: 0.51, 0.02: 0.49, 0.01: 0.50}[d], 0.70),
+                 "lever-off target-norm E_DA": _res(0.40 + d, 0.70),  # kept lever: on (joint) beats off
+                 "lever-on long-stage2 E_DA": _res(0.45 + d, 0.70)}  # tried lever: on is worse than the preset
+                for d in (0.0, 0.02, 0.01)]
+    teachers = {"disease": _res(0.2, 0.75, 32), "anatomy": _res(0.6, 0.65, 32)}
+    f1 = {"r2": 0.6, "cos": 0.9, "r2_fresh_trained": 0.7, "r2_fresh_random": 0.4}
+    f0 = {"r2": 0.1, "cos": 0.9, "r2_fresh_trained": 0.5, "r2_fresh_random": 0.4}
+    fid = [{**{n: f1 for n in kinds}, "lever-off target-norm": {n: f0 for n in kinds},
+            "lever-on long-stage2": {n: f1 for n in kinds}}] * 3
+
+    class W:
+        setting, anatomy_task, retrieval_k, entangled_task = "real", "lung zone", 10, None
+
+    rows = {r.claim: r.as_dict() for r in build_rows(W, per_seed, teachers, fid, kinds,
+                                                      levers=["target-norm", "long-stage2"])}
+    tn = next(r for c, r in rows.items() if c.startswith("lever: normalised"))
+    assert tn["holds"] is True and tn["value"] == pytest.approx(1.21) and tn["comparison_value"] == pytest.approx(1.11)
+    assert "distillation R² on / off: disease 0.600 / 0.100" in tn["note"]
+    ls = next(r for c, r in rows.items() if c.startswith("lever: a 3x longer"))
+    assert ls["holds"] is False and ls["value"] == pytest.approx(1.16) and ls["comparison_value"] == pytest.approx(1.21)
+    br = rows["joint training beats the disease-branch-only student"]
+    # joint 1.21 vs branch 1.20 on average: higher, but p > 0.05 -> the target "p < 0.05" is not met
+    assert br["value"] > br["comparison_value"] and br["p_value"] > 0.05 and br["holds"] is False

@@ -27,6 +27,10 @@ from pathlib import Path
 from leader.cli._common import add_config, kv_pairs
 from leader.cli._common import command_line as _command_line
 
+#: the names of leader.eval.claims.LEVERS (kept here so that `leader --help` does not import torch;
+#: tests/test_claims.py checks that they agree)
+CLAIMS_LEVERS = ("target-norm", "context", "long-stage2", "smooth-l1")
+
 
 def _data_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("data (one of)")
@@ -319,9 +323,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="train only the joint student (no branch-only / cosine-loss students)")
     p.add_argument("--report-only", action="store_true",
                    help="rebuild claims.json / claims.md from OUT/results.json (no training, no evaluation)")
-    p.add_argument("--lever", action="append", default=[], choices=("target-norm", "context"),
-                   help="also train the joint student with this lever switched off and report the difference "
-                        "(repeatable)")
+    p.add_argument("--lever", action="append", default=[], choices=CLAIMS_LEVERS,
+                   help="also train the joint student with this lever switched off (target-norm, context: in the "
+                        "presets) or on (long-stage2, smooth-l1: not in the presets) and report the difference "
+                        "as a row (repeatable)")
     p.add_argument("--n-images", type=int, default=1000, help="controlled: phantoms to generate (default 1000)")
     p.add_argument("--world-seed", type=int, default=0, help="controlled: seed of the phantoms and the split")
     p.add_argument("--data-root", default=None, metavar="DIR",

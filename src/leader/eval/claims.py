@@ -355,6 +355,13 @@ def _get(results: Mapping, name: str, key: str) -> list[float]:
     return [r[name].get(key, float("nan")) for r in results]
 
 
+def _better(values: Sequence[float], other: Sequence[float] | float, p: float, alpha: float = 0.05) -> bool:
+    """A "greater, p < alpha" target: the mean is above the comparison's and the one-sided p-value
+    over seeds is below ``alpha`` (a higher mean alone is not enough)."""
+    o = _mean_sd(other)[0] if isinstance(other, (list, tuple, np.ndarray)) else float(other)
+    return bool(_mean_sd(values)[0] > o and np.isfinite(p) and p < alpha)
+
+
 def build_rows(world: World, per_seed: list[dict], teacher_res: dict[str, dict], fid: list[dict],
                kinds: Mapping[str, str], levers: Sequence[str] = ()) -> list[Row]:
     """The claims as rows (see the module docstring), from the per-seed results.
@@ -446,9 +453,10 @@ def build_rows(world: World, per_seed: list[dict], teacher_res: dict[str, dict],
     for other in ("disease-branch-only E_DA", "anatomy-branch-only E_DA"):
         if other in per_seed[0]:
             o = task_sum(other)
+            p = paired_p(joint, o)
             rows.append(Row(f"joint training beats the {other.split(' E_DA')[0]} student", "Fig. 7, 8", S,
                             "anatomy kNN accuracy + disease probe AUC", joint, "joint > single branch, p < 0.05",
-                            bool(_mean_sd(joint)[0] > _mean_sd(o)[0]), other, o, task_sum(RND), paired_p(joint, o)))
+                            _better(joint, o, p), other, o, task_sum(RND), p))
     # ---- ensembles (Fig. 9) --------------------------------------------------------------------
     ens = "teachers concatenated"
     if ens in per_seed[0]:
@@ -475,18 +483,23 @@ def build_rows(world: World, per_seed: list[dict], teacher_res: dict[str, dict],
         rows.append(Row("MSE (the paper's loss) vs cosine loss", "Fig. 10", S,
                         "anatomy kNN accuracy + disease probe AUC", joint, "reported (MSE vs cosine)",
                         None, "cosine loss", o, task_sum(RND), paired_p(joint, o, "two-sided"), kind="ablation"))
-    # ---- levers: each kept setting against the lever switched off --------------------------------
+    # ---- levers: a kept setting against the lever switched off; a lever not kept, switched on -----
     for lever in levers:
-        key = f"lever-off {lever}"
-        if key not in per_seed[0]:
+        key = lever_student(lever)
+        if f"{key} E_DA" not in per_seed[0]:
             continue
+        kept = LEVERS[lever][2]
         o = task_sum(f"{key} E_DA")
+        on, off = (joint, o) if kept else (o, joint)
+        r2 = {n: (_mean_sd([f[n]["r2"] for f in fid])[0], _mean_sd([f[key][n]["r2"] for f in fid if key in f])[0])
+              for n in kinds}
+        r2_on_off = {n: (a, b) if kept else (b, a) for n, (a, b) in r2.items()}
         rows.append(Row(f"lever: {LEVERS[lever][0]}", "levers (issue 15)", S, "anatomy kNN accuracy + disease probe AUC",
-                        joint, "kept if it helps", bool(_mean_sd(joint)[0] > _mean_sd(o)[0]), "lever off", o,
-                        task_sum(RND), paired_p(joint, o, "two-sided"), kind="lever",
-                        note="distillation R² with / without: " + "; ".join(
-                            f"{n} {_mean_sd([f[n]['r2'] for f in fid])[0]:.3f} / "
-                            f"{_mean_sd([f[key][n]['r2'] for f in fid if key in f])[0]:.3f}" for n in kinds)))
+                        on, "kept (in the preset)" if kept else "tried (not in the preset)",
+                        bool(_mean_sd(on)[0] > _mean_sd(off)[0]), "lever off", off, task_sum(RND),
+                        paired_p(on, off, "two-sided"), kind="lever",
+                        note="lever on vs off; distillation R² on / off: " + "; ".join(
+                            f"{n} {a:.3f} / {b:.3f}" for n, (a, b) in r2_on_off.items())))
     # ---- fidelity ---------------------------------------------------------------------------------
     for name in kinds:
         r2 = [f[name]["r2"] for f in fid]
@@ -499,7 +512,7 @@ def build_rows(world: World, per_seed: list[dict], teacher_res: dict[str, dict],
                         kind="fidelity"))
         rows.append(Row(f"the trained trunk carries more of the {name} teacher than a random trunk",
                         "distillation (§3)", S, "R² of a fresh 2-layer head on the frozen trunk (test)", ft,
-                        "trained > random trunk, p < 0.05", bool(_mean_sd(ft)[0] > _mean_sd(fr)[0]), "random trunk", fr,
+                        "trained > random trunk, p < 0.05", _better(ft, fr, paired_p(ft, fr)), "random trunk", fr,
                         fr, paired_p(ft, fr), kind="fidelity"))
     return rows
 
@@ -557,14 +570,25 @@ def _pca_to(rep: Representation, width: int, world: World) -> Representation:
     return Representation(src, "embedding", label=f"{rep.name} @{width}")
 
 
-#: levers the runner can switch off, one student per seed each: ``{name: (what it is, overrides
-#: that turn it off)}``; the row compares the kept setting with the lever off
+#: levers the runner can try, one more joint student per seed each: ``{name: (what it is, overrides,
+#: kept)}``. A *kept* lever is in the claims presets; its overrides switch it **off** and the row
+#: compares the kept setting with the lever off. A lever that is not kept is switched **on** by its
+#: overrides and the row compares it with the kept setting (would it help?)
 LEVERS = {
     "target-norm": ("normalised teacher targets (teachers.<name>.target_norm), vs raw targets",
-                    lambda cfg: {"teachers": {n: {"target_norm": "none"} for n in cfg.teachers}}),
+                    lambda cfg: {"teachers": {n: {"target_norm": "none"} for n in cfg.teachers}}, True),
     "context": ("context patches of every training image (patches.context_per_image), vs the paper's pairs only",
-                lambda cfg: {"patches": {"context_per_image": 0}}),
+                lambda cfg: {"patches": {"context_per_image": 0}}, True),
+    "long-stage2": ("a 3x longer stage 2 (stage2.epochs), vs the preset's schedule",
+                    lambda cfg: {"stage2": {"epochs": 3 * int(cfg.stage2.epochs)}}, False),
+    "smooth-l1": ("smooth-L1 distillation loss, vs the paper's MSE",
+                  lambda cfg: {"loss": "smooth_l1"}, False),
 }
+
+
+def lever_student(lever: str) -> str:
+    """Name of the extra student of ``lever`` (``lever-off X`` for a kept lever, ``lever-on X`` otherwise)."""
+    return f"lever-{'off' if LEVERS[lever][2] else 'on'} {lever}"
 
 
 def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), say: Callable[[str], None] = print,
@@ -579,8 +603,8 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
         seeds: training seeds (≥ 3 for the p-values to mean anything).
         variants: also train the branch-only and cosine-loss students (Fig. 7, 8, 10).
         levers: names from :data:`LEVERS`: one more joint student per seed with that lever
-            switched off; a row says whether keeping it helps (issue 15: every lever tried is
-            reported, kept or not).
+            switched off (a kept lever) or on (a lever the presets do not use); a row says whether
+            the lever helps (issue 15: every lever tried is reported, kept or not).
 
     Returns:
         :class:`ClaimsResult` (also written to ``OUT``).
@@ -603,7 +627,7 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
     for lever in levers:
         if lever not in LEVERS:
             raise ValueError(f"unknown lever {lever!r}; known: {sorted(LEVERS)}")
-        student_specs.append((f"lever-off {lever}", LEVERS[lever][1](world.cfg), list(world.teachers)))
+        student_specs.append((lever_student(lever), LEVERS[lever][1](world.cfg), list(world.teachers)))
     if variants:
         student_specs += [("disease-branch-only", {}, [D]), ("anatomy-branch-only", {}, [A]),
                           ("LeADER cosine-loss", {"loss": "cosine"}, list(world.teachers))]
@@ -613,8 +637,8 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
         trained = {}
         for name, over, names in student_specs:
             cfg = with_overrides(world.cfg, {**over, "seed": int(seed)})
-            if name.startswith("lever-off") and cfg.to_dict() == with_overrides(world.cfg, {"seed": int(seed)}).to_dict():
-                say(f"seed {seed}: {name}: the lever is already off in this config; nothing to compare")
+            if name.startswith("lever-") and cfg.to_dict() == with_overrides(world.cfg, {"seed": int(seed)}).to_dict():
+                say(f"seed {seed}: {name}: this config already has it that way; nothing to compare")
             run = out / "runs" / name.replace(" ", "-").lower() / f"seed-{seed}"
             say(f"seed {seed}: student {name} ({', '.join(names)})" +
                 (" [reused]" if (run / "final" / "model.safetensors").is_file() else ""))
@@ -632,7 +656,7 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
         for name, _, _ in student_specs[1:]:
             src = student_source(trained[name], name=name)
             reps[f"{name} E_DA"] = Representation(src, "e_da")
-            if name.startswith("lever-off"):
+            if name.startswith("lever-"):
                 for n in world.teachers:
                     reps[f"{name} head {n}"] = Representation(src, n)
         width = concat.dim
@@ -648,7 +672,7 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
         fids.append({n: fidelity(reps[f"LeADER head {n}"], reps["LeADER E_DA"], reps["random-init E_DA"],
                                  world.teacher_reps[n], world, seed=seed) for n in world.teachers})
         for lever in levers:
-            key = f"lever-off {lever}"
+            key = lever_student(lever)
             fids[-1][key] = {n: fidelity(reps[f"{key} head {n}"], reps[f"{key} E_DA"], reps["random-init E_DA"],
                                          world.teacher_reps[n], world, seed=seed) for n in world.teachers}
         seconds[f"eval_seed{seed}"] = time.time() - t
@@ -726,8 +750,9 @@ def write_report(world: World, result: ClaimsResult, out: Path, seeds: list[int]
     df["value ± sd"] = [f"{_fmt(v)} ± {_fmt(s)}" for v, s in zip(df["value"], df["sd"])]
     df["holds"] = df["holds"].map(lambda h: "—" if h is None else ("yes" if h else "**no**"))
     df["p"] = df["p_value"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
+    df["note"] = df["note"].fillna("") if "note" in df else ""
     cols = ["claim", "figure", "metric", "value ± sd", "target", "holds", "comparison", "comparison_value",
-            "floor_random_init", "p"]
+            "floor_random_init", "p", "note"]
     lines = [f"# Claims — {world.setting} setting", "",
              f"Data: {world.description}", "",
              f"Seeds: {seeds}. Everything is measured on the patient-level **test** split that no expert and no "
@@ -738,7 +763,7 @@ def write_report(world: World, result: ClaimsResult, out: Path, seeds: list[int]
     for kind, title in (("premise", "The premise: each expert strong on its own task"),
                         ("claim", "The paper's claims"), ("fidelity", "Distillation fidelity"),
                         ("floor", "Against the random-initialised floor"), ("ablation", "Ablations reported"),
-                        ("lever", "Levers tried (kept setting vs lever off)")):
+                        ("lever", "Levers tried (lever on vs off; holds: the lever helps)")):
         part = df[df["kind"] == kind]
         if len(part):
             lines += [f"## {title}", "", markdown_table(part, cols), ""]

@@ -7,7 +7,9 @@ split (used for nothing else).
 
 * **Experts** (``leader teachers fit``, recipes ``cfg.fit``): a supervised disease expert and an
   anatomy expert, both fitted on the training split only; their own validation numbers are in
-  their ``fit_report.json`` and in the report.
+  their ``fit_report.json`` and in the report. A teacher whose ``teachers.<name>.source`` is set
+  in the config (e.g. CXR Foundation embeddings, an Adam checkpoint) is used as given instead;
+  the premise rows then measure it on the test split.
 * **Anatomy task**: lung zones (right / left × upper / middle / lower, mediastinum, outside) of
   patches cut from the manual lung masks and lung boxes (:func:`leader.zones.zone_patches`), as
   labels of the zero-shot kNN evaluation — no model is trained on them.
@@ -111,6 +113,12 @@ def prepare_real(out: str | Path, cfg: Config, data_root: str | Path | None = No
         raise ValueError("real claims need one teacher of kind disease and one of kind anatomy in the config")
     sources, reports = {}, {}
     for kind, (name, *_) in names.items():
+        given = cfg.teachers[name].source
+        if given:  # the user's own expert (a checkpoint, an exported teacher or an embedding store)
+            say(f"using the configured {name} expert ({kind}): {given}")
+            sources[name], reports[name] = given, {"note": f"given in the config (teachers.{name}.source); "
+                                                           "its own validation is the premise rows"}
+            continue
         folder = out / "teachers" / name
         if not (folder / "teacher.json").is_file():
             say(f"fitting the {name} expert ({kind}) on the training split")
