@@ -206,3 +206,22 @@ def test_lever_rows_compare_lever_on_with_lever_off_and_branch_rows_need_p():
     br = rows["joint training beats the disease-branch-only student"]
     # joint 1.21 vs branch 1.20 on average: higher, but p > 0.05 -> the target "p < 0.05" is not met
     assert br["value"] > br["comparison_value"] and br["p_value"] > 0.05 and br["holds"] is False
+
+
+def test_lever_students_train_on_their_own_patch_tables():
+    """The context lever switched off must train without the context patches (a student trained on
+    the world's precomputed tables would silently equal the kept one)."""
+    from types import SimpleNamespace
+
+    from leader.config import load_config, with_overrides
+    from leader.eval.claims import train_tables_for
+    from leader.recipe import PatchTables
+
+    cfg = load_config("claims-real")
+    ctx = pd.DataFrame({"patch_id": ["c0", "c1"], "kind": ["context"] * 2})
+    tables = PatchTables(pd.DataFrame({"patch_id": ["d0"]}), pd.DataFrame({"patch_id": ["h0"]}), pd.DataFrame(),
+                         context=ctx)
+    world = SimpleNamespace(cfg=cfg, train_tables=tables)
+    assert train_tables_for(world, with_overrides(cfg, {"seed": 3})) is tables
+    off = train_tables_for(world, with_overrides(cfg, {"patches": {"context_per_image": 0}}))
+    assert list(off.pairs["patch_id"]) == ["d0", "h0"] and list(tables.pairs["patch_id"]) == ["d0", "h0", "c0", "c1"]

@@ -44,7 +44,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -62,7 +62,7 @@ from leader.eval.metrics import kmeans_nmi
 from leader.eval.report import jsonable, markdown_table
 from leader.eval.retrieval import disease_retrieval, l2_normalise, precision_at_k
 from leader.manifest import Manifest
-from leader.recipe import PatchTables, build_student, distil
+from leader.recipe import PatchTables, build_student, distil, patch_tables, train_split
 from leader.teachers.base import Teacher
 from leader.utils import atomic_write_text
 
@@ -591,6 +591,19 @@ def lever_student(lever: str) -> str:
     return f"lever-{'off' if LEVERS[lever][2] else 'on'} {lever}"
 
 
+def train_tables_for(world: World, cfg: Config) -> PatchTables:
+    """The stage-2 patch tables of a student trained with ``cfg``: the world's own when
+    ``cfg.patches`` equals the world's; without the context patches when only
+    ``context_per_image`` was switched off (the ``context`` lever); otherwise rebuilt from the
+    training split with ``cfg.patches``."""
+    mine, theirs = cfg.patches.to_dict(), world.cfg.patches.to_dict()
+    if mine == theirs:
+        return world.train_tables
+    if {k for k in mine if mine[k] != theirs.get(k)} == {"context_per_image"} and not mine["context_per_image"]:
+        return replace(world.train_tables, context=None)
+    return patch_tables(cfg, train_split(world.manifest), landmarks=False)
+
+
 def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), say: Callable[[str], None] = print,
                variants: bool = True, levers: Sequence[str] = ()) -> ClaimsResult:
     """Train (or reuse) the students of every seed, evaluate everything, write the report.
@@ -643,7 +656,7 @@ def run_claims(world: World, out: str | Path, seeds: Sequence[int] = (0, 1, 2), 
             say(f"seed {seed}: student {name} ({', '.join(names)})" +
                 (" [reused]" if (run / "final" / "model.safetensors").is_file() else ""))
             trained[name] = distil(cfg, {n: world.teachers[n] for n in names}, run, manifest=m,
-                                   tables=world.train_tables, reuse=True, say=lambda s: log.info(s))
+                                   tables=train_tables_for(world, cfg), reuse=True, say=lambda s: log.info(s))
         seconds[f"train_seed{seed}"] = time.time() - t
         t = time.time()
         rnd_model = build_student(with_overrides(world.cfg, {"seed": int(seed)}), world.teachers)
