@@ -58,7 +58,7 @@ from leader.eval.anatomy import knn_accuracy, plot_tsne, silhouette, tsne
 from leader.eval.ensembles import concat_representation
 from leader.eval.features import DerivedSource, Representation, student_source
 from leader.eval.linear_probe import probe_multiclass, probe_multilabel
-from leader.eval.metrics import kmeans_nmi
+from leader.eval.metrics import kmeans_nmi, r2_cos
 from leader.eval.report import jsonable, markdown_table
 from leader.eval.retrieval import disease_retrieval, l2_normalise, precision_at_k
 from leader.manifest import Manifest
@@ -225,16 +225,6 @@ def image_retrieval(X: np.ndarray, m: Manifest, labels: Sequence[str], k: int) -
 # ---------------------------------------------------------------------------------------------
 # distillation fidelity
 # ---------------------------------------------------------------------------------------------
-def r2_cos(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
-    """Variance-weighted R² (``1 - Σ‖t - p‖² / Σ‖t - t̄‖²``, t̄ the per-dimension mean of the
-    evaluated targets) and the mean cosine between rows."""
-    from sklearn.metrics import r2_score
-
-    r2 = float(r2_score(target, pred, multioutput="variance_weighted"))
-    cos = float(np.mean(np.sum(l2_normalise(pred) * l2_normalise(target), axis=1)))
-    return r2, cos
-
-
 def fresh_head_r2(trunk_train: np.ndarray, target_train: np.ndarray, trunk_test: np.ndarray,
                   target_test: np.ndarray, seed: int = 0) -> float:
     """R² on the test rows of a fresh 2-layer MLP head (scikit-learn, early stopping on 10 % of
@@ -763,7 +753,6 @@ def write_report(world: World, result: ClaimsResult, out: Path, seeds: list[int]
     df["value ± sd"] = [f"{_fmt(v)} ± {_fmt(s)}" for v, s in zip(df["value"], df["sd"])]
     df["holds"] = df["holds"].map(lambda h: "—" if h is None else ("yes" if h else "**no**"))
     df["p"] = df["p_value"].map(lambda p: "n/a" if not np.isfinite(p) else f"{p:.3g}")
-    df["note"] = df["note"].fillna("") if "note" in df else ""
     cols = ["claim", "figure", "metric", "value ± sd", "target", "holds", "comparison", "comparison_value",
             "floor_random_init", "p", "note"]
     lines = [f"# Claims — {world.setting} setting", "",

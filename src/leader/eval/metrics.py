@@ -13,6 +13,9 @@
   interleaved rounds, 2-core VM, 2026-12-07): ~10 ms more per evaluated image.
 * :func:`kmeans_nmi`: scikit-learn ``KMeans`` + ``normalized_mutual_info_score``.
 * :func:`accuracy`: scikit-learn ``accuracy_score``.
+* :func:`r2_cos`: distillation fidelity of a head against its teacher (scikit-learn ``r2_score``,
+  variance-weighted, and the mean cosine); used by the trainer's per-epoch monitor and the
+  claims runner.
 
 Precision@K lives in :mod:`leader.eval.retrieval` (FAISS search), kNN accuracy and silhouette
 (scikit-learn) in :mod:`leader.eval.anatomy`; the tests and intervals over seeds in
@@ -207,3 +210,25 @@ def kmeans_nmi(emb: np.ndarray, labels: Sequence, seed: int = 0, n_init: int = 1
     with threadpool_limits(limits=1):
         km = KMeans(n_clusters=k, random_state=int(seed), n_init=n_init).fit(l2_normalise(emb))
     return float(normalized_mutual_info_score(lab, km.labels_))
+
+
+def r2_cos(pred: np.ndarray, target: np.ndarray) -> tuple[float, float]:
+    """Variance-weighted R² and mean cosine of ``pred`` against ``target``.
+
+    Args:
+        pred, target: float arrays ``[N, D]`` (N ≥ 2 rows), e.g. a student head's output and its
+            teacher's embedding of the same N images or patches.
+
+    Returns:
+        ``(r2, cos)``: ``r2 = 1 - Σ‖t - p‖² / Σ‖t - t̄‖²`` (t̄ the per-dimension mean of the
+        evaluated targets; 0 for the mean-vector predictor, ≤ 1) and the mean over rows of
+        ``cos(p_i, t_i)`` in ``[-1, 1]``.
+
+    Raises:
+        ValueError: shapes differ (scikit-learn's message).
+    """
+    from sklearn.metrics import r2_score  # noqa: PLC0415
+
+    r2 = float(r2_score(target, pred, multioutput="variance_weighted"))
+    cos = float(np.mean(np.sum(l2_normalise(pred) * l2_normalise(target), axis=1)))
+    return r2, cos

@@ -56,6 +56,7 @@ from leader import faults
 from leader.config import Config, as_config
 from leader.device import autocast_context
 from leader.errors import ImageReadError, WriteError
+from leader.eval.metrics import r2_cos
 from leader.utils import atomic_dir, atomic_write_json, atomic_write_text, read_json
 from leader.train import distributed as D
 from leader.train.checkpoints import CheckpointDir
@@ -552,10 +553,7 @@ class Trainer:
                 sel = kinds_a == kind
                 if sel.sum() < 2:
                     continue
-                p, t = P[sel], T[sel]
-                ss_tot = float(((t - t.mean(0)) ** 2).sum())
-                r2 = 1.0 - float(((t - p) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
-                cos = float(np.mean(np.sum(p * t, 1) / (np.linalg.norm(p, axis=1) * np.linalg.norm(t, axis=1) + 1e-12)))
+                r2, cos = r2_cos(P[sel], T[sel])
                 rows.append({"stage": stage, "epoch": epoch + 1, "head": h, "kind": kind, "n": int(sel.sum()),
                              "r2": r2, "cos": cos})
                 log.info("stage %d epoch %d: head %s on held-out %s (%d): R2 %.3f, cosine %.3f", stage, epoch + 1, h,
